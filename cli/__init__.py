@@ -1,0 +1,1 @@
+"""The ``cocomix`` command line (installed as ``cocomix_mlx.cli``)."""

@@ -1,0 +1,76 @@
+"""``cocomix``: the command-line entry point."""
+
+from __future__ import annotations
+
+import cocomix_mlx  # noqa: F401  (first: sets up the BLAS before mlx is imported)
+
+import sys
+
+import typer
+from rich.table import Table
+
+from cocomix_mlx.errors import CocomixError
+
+from . import data_cmds, train_cmds
+from .common import console, err_console
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="CoCoMix in MLX: pretrain with continuous concepts, convert, generate.")
+app.add_typer(data_cmds.tokenizer_app, name="tokenizer")
+app.add_typer(data_cmds.data_app, name="data")
+app.add_typer(data_cmds.eval_app, name="eval")
+app.command("pretrain", context_settings={"allow_extra_args": True,
+                                          "ignore_unknown_options": True})(train_cmds.pretrain)
+
+
+@app.command()
+def doctor(measure: bool = typer.Option(True, help="Measure fp32 matmul GFLOP/s.")):
+    """Report MLX, device, BLAS (with measured matmul speed), memory and package versions."""
+    from cocomix_mlx.backend import environment_report
+
+    r = environment_report(measure=measure)
+    table = Table(title="cocomix doctor", show_header=False)
+    table.add_row("python", r["python"])
+    table.add_row("platform", r["platform"])
+    table.add_row("device", f"{r['device']} (default {r['default_device']})")
+    table.add_row("cpu cores", str(r["cpu_count"]))
+    table.add_row("memory", f"{r['memory_gb']:.1f} GB" if r["memory_gb"] else "unknown")
+    blas = r["blas"] + (f" — {r['blas_library']}" if r["blas_library"] else "")
+    table.add_row("BLAS", blas + (f" ({r['blas_detail']})" if r["blas_detail"] else ""))
+    if "matmul_gflops" in r:
+        g = r["matmul_gflops"]
+        table.add_row("fp32 matmul 1024³", f"mlx {g['mlx']:.1f} GFLOP/s, numpy {g['numpy']:.1f}")
+    for pkg, version in r["packages"].items():
+        table.add_row(pkg, version or "[dim]not installed[/]")
+    console.print(table)
+    if r["blas"] == "too-late":
+        err_console.print(f"[yellow]warning:[/] {r['blas_detail']}")
+    elif r["blas"] == "not-found":
+        err_console.print(f"[yellow]warning:[/] slow reference BLAS in use; {r['blas_detail']}")
+
+
+def main() -> None:
+    try:
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except CocomixError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; the last checkpoint is kept")
+        sys.exit(130)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show(file=sys.stderr)
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""``cocomix pretrain``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import console, fail, step_progress
+
+MODES = "ntp"
+
+
+def pretrain(
+    ctx: typer.Context,
+    data: Path = typer.Option(..., "--data", help="Token shards from `cocomix data prepare`."),
+    out: Path = typer.Option(..., "--out", help="Run/checkpoint directory."),
+    mode: Optional[str] = typer.Option(None, "--mode", help=f"Objective: {MODES} (default ntp)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Named config, e.g. tiny."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A TOML config file."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
+):
+    """Pretrain a model. Any config key can be overridden: --lr 3e-4 --model.n_layer 4 ..."""
+    from cocomix_mlx import config as cfgmod
+    from cocomix_mlx.models import build_model
+    from cocomix_mlx.objectives import get_objective
+    from cocomix_mlx.data import load_meta
+    from cocomix_mlx.trainer import Trainer, config_from_checkpoint
+    from mlx.utils import tree_flatten
+
+    if resume and force:
+        fail("--resume and --force exclude each other")
+    if resume:
+        if not out.exists():
+            fail(f"nothing to resume in {out}; drop --resume to start a new run")
+        cfg = config_from_checkpoint(out)
+    elif preset and config:
+        fail("give either --preset or --config, not both")
+    elif config:
+        cfg = cfgmod.load_toml(config)
+    else:
+        cfg = cfgmod.preset(preset or "tiny")
+    if not resume and out.exists() and any(out.iterdir()):
+        if not force:
+            fail(f"{out} already exists; pass --resume to continue it or --force to replace it")
+    cfgmod.apply_overrides(cfg, list(ctx.args))
+    if mode:
+        cfg.train.mode = mode
+    objective = get_objective(cfg.train.mode)
+    meta = load_meta(data)
+    if not resume and cfg.model.vocab_size != meta["vocab_size"]:
+        cfg.model.vocab_size = meta["vocab_size"]
+    model = build_model(cfg.model, seed=cfg.train.seed)
+    trainer = Trainer(cfg, model, objective, data, out)
+    if resume:
+        trainer.resume()
+    elif out.exists() and force:
+        shutil.rmtree(out)
+    if trainer.rank == 0:
+        n_params = sum(v.size for _, v in tree_flatten(model.parameters()))
+        console.print(f"[bold]{cfg.train.mode}[/] model: {n_params / 1e6:.2f}M parameters, "
+                      f"d={cfg.model.n_embd} L={cfg.model.n_layer} H={cfg.model.n_head} "
+                      f"V={cfg.model.vocab_size}; {cfg.train.steps} steps of "
+                      f"{cfg.train.batch_size * cfg.train.grad_accum}x{cfg.train.seq_len} tokens")
+    bar, task = step_progress(cfg.train.steps, trainer.state.step)
+
+    def on_event(event: str, info: dict) -> None:
+        if trainer.rank != 0:
+            return
+        if event == "step":
+            bar.update(task, completed=info["step"], loss=f"{info['loss']:.3f}",
+                       speed=f"{info['tokens_per_s']:.0f}")
+        elif event == "eval":
+            bar.console.print(f"step {info['step']}: val loss {info['val_loss']:.4f} "
+                              f"(ppl {info['val_ppl']:.2f})")
+
+    with bar:
+        last = trainer.train(on_event)
+    if trainer.rank == 0 and last:
+        console.print(f"done: step {last['step']}, loss {last['loss']:.4f}"
+                      + (f", val loss {last['val_loss']:.4f}" if "val_loss" in last else "")
+                      + f"; checkpoint in {out}")

@@ -1,0 +1,151 @@
+"""Process-level backend setup: a fast BLAS for MLX on Linux, device choice, environment report.
+
+On Linux the pip ``mlx[cpu]`` wheel links a reference BLAS (a few GFLOP/s for fp32 matmul).
+Loading the system OpenBLAS with ``RTLD_GLOBAL`` *before* ``mlx`` is first imported makes MLX's
+``cblas_sgemm`` calls bind to it (~40x faster, same results). This module does that on import, so
+it must be imported before anything that imports ``mlx`` -- ``import cocomix_mlx`` does it first.
+
+Environment: ``COCOMIX_BLAS=off`` disables it; ``COCOMIX_BLAS=/path/to/libopenblas.so`` picks a
+library. It is a no-op on macOS (MLX uses Accelerate there).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+import sys
+from dataclasses import dataclass
+
+ENV_VAR = "COCOMIX_BLAS"
+
+_CANDIDATES = (
+    "/usr/lib/{arch}-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/{arch}-linux-gnu/openblas-openmp/libopenblas.so.0",
+    "/usr/lib/{arch}-linux-gnu/libopenblas.so.0",
+    "/usr/lib64/libopenblas.so.0",
+    "/usr/lib/libopenblas.so.0",
+)
+
+
+@dataclass
+class BlasState:
+    status: str  # "loaded", "disabled", "not-found", "too-late", "not-needed", "failed"
+    library: str | None = None
+    detail: str = ""
+
+
+def _candidate_paths() -> list[str]:
+    arch = platform.machine()
+    arch = {"arm64": "aarch64", "AMD64": "x86_64"}.get(arch, arch)
+    paths = [p.format(arch=arch) for p in _CANDIDATES]
+    found = ctypes.util.find_library("openblas")
+    if found:
+        paths.append(found)
+    return paths
+
+
+def _setup_blas() -> BlasState:
+    if sys.platform != "linux":
+        return BlasState("not-needed", detail="MLX uses Accelerate/Metal on this platform")
+    choice = os.environ.get(ENV_VAR, "").strip()
+    if choice.lower() in ("off", "0", "no", "false", "none"):
+        return BlasState("disabled", detail=f"{ENV_VAR}={choice}")
+    if "mlx.core" in sys.modules:
+        return BlasState(
+            "too-late",
+            detail="mlx was imported before cocomix_mlx; import cocomix_mlx first or set "
+            "LD_PRELOAD to an OpenBLAS library",
+        )
+    paths = [choice] if choice else _candidate_paths()
+    for path in paths:
+        if not (os.path.isabs(path) and not os.path.exists(path)):
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                return BlasState("loaded", library=path)
+            except OSError as e:
+                if choice:
+                    return BlasState("failed", library=path, detail=str(e))
+    return BlasState(
+        "not-found",
+        detail="install the OpenBLAS package (Debian/Ubuntu: apt-get install libopenblas0-pthread)",
+    )
+
+
+BLAS = _setup_blas()
+
+
+def preloaded_blas() -> str | None:
+    """Path of an OpenBLAS given through LD_PRELOAD, if any."""
+    for part in os.environ.get("LD_PRELOAD", "").replace(":", " ").split():
+        if "blas" in os.path.basename(part):
+            return part
+    return None
+
+
+def device_name() -> str:
+    import mlx.core as mx
+
+    if mx.metal.is_available():
+        return "Metal (GPU)"
+    if hasattr(mx, "cuda") and mx.cuda.is_available():
+        return "CUDA (GPU)"
+    return "CPU"
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 5) -> dict[str, float]:
+    """Measured fp32 ``n x n`` matmul throughput of MLX and of NumPy, in GFLOP/s."""
+    import time
+
+    import mlx.core as mx
+    import numpy as np
+
+    a, b = mx.random.normal((n, n)), mx.random.normal((n, n))
+    mx.eval(a @ b)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        mx.eval(a @ b)
+    mlx_time = (time.perf_counter() - start) / repeats
+    an, bn = np.asarray(a), np.asarray(b)
+    an @ bn
+    start = time.perf_counter()
+    for _ in range(repeats):
+        an @ bn
+    np_time = (time.perf_counter() - start) / repeats
+    flops = 2.0 * n**3
+    return {"mlx": flops / mlx_time / 1e9, "numpy": flops / np_time / 1e9}
+
+
+def environment_report(measure: bool = True) -> dict[str, object]:
+    """MLX version, device, BLAS state, memory and package versions (for ``cocomix doctor``)."""
+    from importlib import metadata
+
+    import mlx.core as mx
+
+    versions = {}
+    for pkg in ("cocomix-mlx", "mlx", "mlx-lm", "numpy", "sentencepiece", "transformers",
+                "tokenizers", "huggingface-hub", "typer", "rich", "torch"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    try:
+        total_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total_ram = None
+    report: dict[str, object] = {
+        "python": sys.version.split()[0],
+        "platform": f"{platform.system()} {platform.machine()}",
+        "device": device_name(),
+        "default_device": str(mx.default_device()),
+        "cpu_count": os.cpu_count(),
+        "memory_gb": total_ram / 1e9 if total_ram else None,
+        "blas": BLAS.status,
+        "blas_library": BLAS.library or preloaded_blas(),
+        "blas_detail": BLAS.detail,
+        "packages": versions,
+    }
+    if measure:
+        report["matmul_gflops"] = matmul_gflops()
+    return report

@@ -1,0 +1,225 @@
+"""Configuration dataclasses, named presets, TOML load/save and ``--key value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class ModelConfig:
+    """GPT-2 backbone shape, with Hugging Face field names."""
+
+    model_type: str = "gpt2"
+    vocab_size: int = 8192
+    n_positions: int = 1024
+    n_embd: int = 256
+    n_layer: int = 6
+    n_head: int = 8
+    layer_norm_epsilon: float = 1e-5
+    dropout: float = 0.0  # embedding, attention-probability and residual dropout (HF: 0.1)
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer, schedule, batching and bookkeeping for ``pretrain``."""
+
+    mode: str = "ntp"
+    seq_len: int = 256
+    batch_size: int = 8
+    grad_accum: int = 1
+    steps: int = 1000
+    lr: float = 6e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = -1  # -1: steps // 300 (the paper's 1/300), at least 1
+    weight_decay: float = 0.1
+    decay_all: bool = True  # official runs decay every parameter; False exempts biases/norms/embeddings
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    dtype: str = "float32"
+    compile: bool = True
+    seed: int = 0
+    eval_every: int = 200
+    eval_batches: int = 20
+    save_every: int = 500
+    log_every: int = 10
+
+    def warmup(self) -> int:
+        return max(1, self.steps // 300) if self.warmup_steps < 0 else self.warmup_steps
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {"model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}
+
+
+_CTX = dict(n_positions=1024)
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "model": dict(n_embd=256, n_layer=6, n_head=8, n_positions=256),
+        "train": dict(seq_len=256, batch_size=8, lr=1e-3, steps=600, eval_every=100, save_every=200),
+    },
+    "gpt2-124m": {
+        "model": dict(vocab_size=50257, n_embd=768, n_layer=12, n_head=12, **_CTX),
+        "train": dict(seq_len=1024, batch_size=8, lr=6e-4),
+    },
+    "ntp-69m": {
+        "model": dict(vocab_size=50257, n_embd=624, n_layer=8, n_head=8, **_CTX),
+        "train": dict(seq_len=1024, batch_size=8, lr=6e-4),
+    },
+    "ntp-386m": {
+        "model": dict(vocab_size=50257, n_embd=1072, n_layer=24, n_head=16, **_CTX),
+        "train": dict(seq_len=1024, batch_size=8, lr=3e-4),
+    },
+    "ntp-1.38b": {
+        "model": dict(vocab_size=50257, n_embd=2096, n_layer=24, n_head=16, **_CTX),
+        "train": dict(seq_len=1024, batch_size=8, lr=2e-4),
+    },
+}
+
+
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _coerce(name: str, value: Any, target_type: Any) -> Any:
+    """Convert ``value`` (a TOML value or a command-line string) to the field's type."""
+    kind = target_type if isinstance(target_type, type) else _TYPES[target_type]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+    elif kind is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    elif kind is int and not isinstance(value, bool):
+        try:
+            number = float(value) if isinstance(value, (str, float)) else value
+            if isinstance(number, int) or number.is_integer():
+                return int(number)
+        except (ValueError, OverflowError):
+            pass
+    elif kind is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"config key '{name}' expects {kind.__name__}, got {value!r}")
+
+
+def _section(cfg: Config, name: str):
+    return {"model": cfg.model, "train": cfg.train}[name]
+
+
+def _field_types(section) -> dict[str, Any]:
+    return {f.name: f.type for f in fields(section)}
+
+
+def set_value(cfg: Config, key: str, value: Any) -> None:
+    """Set ``key`` (``train.lr``, or a bare ``lr`` if unambiguous; ``-`` may stand for ``_``)."""
+    key = key.lstrip("-").replace("-", "_")
+    if "." in key:
+        sec_name, name = key.split(".", 1)
+        if sec_name not in ("model", "train"):
+            raise ConfigError(f"unknown config section '{sec_name}' (use model.* or train.*)")
+        owners = [sec_name] if name in _field_types(_section(cfg, sec_name)) else []
+    else:
+        name = key
+        owners = [s for s in ("model", "train") if name in _field_types(_section(cfg, s))]
+    if not owners:
+        raise ConfigError(f"unknown config key '{key}'; see `cocomix pretrain --help` for the keys")
+    if len(owners) > 1:
+        raise ConfigError(f"config key '{key}' is ambiguous; write {owners[0]}.{name}")
+    section = _section(cfg, owners[0])
+    setattr(section, name, _coerce(key, value, _field_types(section)[name]))
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Config:
+    """Apply ``{key: value}`` or a ``["--key", "value", ...]`` list (also ``--key=value``)."""
+    if isinstance(overrides, list):
+        items, args = [], list(overrides)
+        while args:
+            tok = args.pop(0)
+            if not tok.startswith("--"):
+                raise ConfigError(f"unexpected argument '{tok}'; overrides look like --train.lr 3e-4")
+            if "=" in tok:
+                items.append(tuple(tok.split("=", 1)))
+            elif args and not args[0].startswith("--"):
+                items.append((tok, args.pop(0)))
+            else:
+                raise ConfigError(f"override '{tok}' needs a value, e.g. {tok} 3e-4")
+        overrides = dict(items)
+    for key, value in overrides.items():
+        set_value(cfg, key, value)
+    return cfg
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+    cfg = Config()
+    for sec, values in PRESETS[name].items():
+        for key, value in values.items():
+            setattr(_section(cfg, sec), key, value)
+    return cfg
+
+
+def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
+    cfg = base or Config()
+    for sec, values in data.items():
+        if sec not in ("model", "train") or not isinstance(values, dict):
+            raise ConfigError(f"unknown config section '{sec}' (expected [model] and [train])")
+        for key, value in values.items():
+            set_value(cfg, f"{sec}.{key}", value)
+    return cfg
+
+
+def load_toml(path: str | Path) -> Config:
+    """Read a TOML config; a ``preset = "name"`` top-level key starts from that preset."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot parse {path}: {e}") from None
+    base = preset(data.pop("preset")) if "preset" in data else None
+    return from_dict(data, base)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(v)
+
+
+def dumps_toml(cfg: Config) -> str:
+    lines = []
+    for sec, values in cfg.to_dict().items():
+        lines.append(f"[{sec}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save_toml(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(dumps_toml(cfg), encoding="utf-8")

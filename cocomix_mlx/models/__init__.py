@@ -1,0 +1,48 @@
+"""Model construction from configs and from checkpoint ``config.json`` files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.nn as nn
+
+from ..config import ModelConfig
+from . import gpt2
+
+
+def gpt2_args(cfg: ModelConfig) -> gpt2.ModelArgs:
+    return gpt2.ModelArgs(
+        vocab_size=cfg.vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer, n_head=cfg.n_head, layer_norm_epsilon=cfg.layer_norm_epsilon,
+        embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, resid_pdrop=cfg.dropout,
+    )
+
+
+def build_model(cfg: ModelConfig, seed: int = 0) -> nn.Module:
+    """A freshly initialised model for ``cfg`` (GPT-2 initialisation)."""
+    args = gpt2_args(cfg)
+    model = gpt2.Model(args)
+    gpt2.init_weights(model, args.n_layer, seed)
+    return model
+
+
+def hf_config(model: nn.Module) -> dict[str, Any]:
+    """The ``config.json`` fields (Hugging Face names) that rebuild ``model``."""
+    a = model.args
+    return {
+        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": a.vocab_size, "n_positions": a.n_positions, "n_ctx": a.n_ctx,
+        "n_embd": a.n_embd, "n_layer": a.n_layer, "n_head": a.n_head,
+        "layer_norm_epsilon": a.layer_norm_epsilon, "embd_pdrop": a.embd_pdrop,
+        "attn_pdrop": a.attn_pdrop, "resid_pdrop": a.resid_pdrop,
+        "activation_function": "gelu_new", "tie_word_embeddings": True,
+    }
+
+
+def model_classes(config: dict[str, Any]):
+    """``get_model_classes`` for ``mlx_lm.utils.load_model``: ours for GPT-2, mlx-lm's otherwise."""
+    if config.get("model_type") == "gpt2":
+        return gpt2.Model, gpt2.ModelArgs
+    from mlx_lm.utils import _get_classes
+
+    return _get_classes(config)
