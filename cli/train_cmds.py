@@ -65,7 +65,12 @@ def pretrain(
                       f"d={cfg.model.n_embd} L={cfg.model.n_layer} H={cfg.model.n_head} "
                       f"V={cfg.model.vocab_size}; {cfg.train.steps} steps of "
                       f"{cfg.train.batch_size * cfg.train.grad_accum}x{cfg.train.seq_len} tokens")
-    bar, task = step_progress(cfg.train.steps, trainer.state.step)
+    run_training(trainer)
+
+
+def run_training(trainer) -> dict:
+    """Run ``trainer`` with a progress bar and validation lines (rank 0 prints)."""
+    bar, task = step_progress(trainer.cfg.train.steps, trainer.state.step)
 
     def on_event(event: str, info: dict) -> None:
         if trainer.rank != 0:
@@ -82,4 +87,5 @@ def pretrain(
     if trainer.rank == 0 and last:
         console.print(f"done: step {last['step']}, loss {last['loss']:.4f}"
                       + (f", val loss {last['val_loss']:.4f}" if "val_loss" in last else "")
-                      + f"; checkpoint in {out}")
+                      + f"; checkpoint in {trainer.out_dir}")
+    return last

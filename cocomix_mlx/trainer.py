@@ -57,6 +57,45 @@ def make_optimizer(cfg) -> optim.Optimizer:
 
 
 @dataclass
+class Steps:
+    fused: Callable  # (inputs, targets) -> (loss, metrics, grad_norm); updates the model
+    grad: Callable  # (inputs, targets) -> (loss, metrics, grads)
+    apply: Callable  # grads -> grad_norm; averages over processes, clips, updates
+    eval: Callable  # (inputs, targets) -> (loss, metrics)
+
+
+def compile_steps(model: nn.Module, objective: Objective, optimizer: optim.Optimizer, cfg,
+                  world: int = 1) -> Steps:
+    """The training and evaluation functions, compiled over model, optimizer and RNG state."""
+    loss_and_grad = nn.value_and_grad(model, objective)
+
+    def grad_step(inputs, targets):
+        (loss, metrics), grads = loss_and_grad(model, inputs, targets)
+        return loss, metrics, grads
+
+    def apply_step(grads):
+        if world > 1:
+            grads = nn.average_gradients(grads)
+        grads, norm = optim.clip_grad_norm(grads, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        optimizer.update(model, grads)
+        return norm
+
+    def fused_step(inputs, targets):
+        loss, metrics, grads = grad_step(inputs, targets)
+        return loss, metrics, apply_step(grads)
+
+    def eval_step(inputs, targets):
+        return objective(model, inputs, targets)
+
+    if not cfg.compile:
+        return Steps(fused_step, grad_step, apply_step, eval_step)
+    state = [model.state, optimizer.state, mx.random.state]
+    wrap = lambda f: mx.compile(f, inputs=state, outputs=state)  # noqa: E731
+    return Steps(wrap(fused_step), wrap(grad_step), wrap(apply_step),
+                 mx.compile(eval_step, inputs=state))
+
+
+@dataclass
 class RunState:
     step: int = 0
     tokens: int = 0
@@ -95,37 +134,9 @@ class Trainer:
         self.state = RunState()
         self._build_steps()
 
-    # ---- compiled functions -------------------------------------------------------------
     def _build_steps(self) -> None:
-        model, opt, t = self.model, self.optimizer, self.cfg.train
-        loss_and_grad = nn.value_and_grad(model, self.objective)
-        world = self.world
-
-        def grad_step(inputs, targets):
-            (loss, metrics), grads = loss_and_grad(model, inputs, targets)
-            return loss, metrics, grads
-
-        def apply_step(grads):
-            if world > 1:
-                grads = nn.average_gradients(grads)
-            if t.grad_clip > 0:
-                grads, norm = optim.clip_grad_norm(grads, t.grad_clip)
-            else:
-                norm = optim.clip_grad_norm(grads, float("inf"))[1]
-            opt.update(model, grads)
-            return norm
-
-        def fused_step(inputs, targets):
-            loss, metrics, grads = grad_step(inputs, targets)
-            return loss, metrics, apply_step(grads)
-
-        def eval_step(inputs, targets):
-            return self.objective(model, inputs, targets)
-
-        state = [model.state, opt.state, mx.random.state]
-        wrap = (lambda f: mx.compile(f, inputs=state, outputs=state)) if t.compile else (lambda f: f)
-        self._fused, self._grad, self._apply = wrap(fused_step), wrap(grad_step), wrap(apply_step)
-        self._eval = mx.compile(eval_step, inputs=state) if t.compile else eval_step
+        self.steps = compile_steps(self.model, self.objective, self.optimizer, self.cfg.train,
+                                   self.world)
 
     def _local_rows(self, array: np.ndarray) -> mx.array:
         rows = array.shape[0] // self.world
@@ -135,20 +146,20 @@ class Trainer:
         """One optimizer step on a global batch of ``grad_accum * batch_size`` rows."""
         t = self.cfg.train
         if t.grad_accum == 1:
-            loss, metrics, norm = self._fused(self._local_rows(inputs), self._local_rows(targets))
+            loss, metrics, norm = self.steps.fused(self._local_rows(inputs), self._local_rows(targets))
             mx.eval(loss, metrics, norm, self.model.state, self.optimizer.state)
         else:
             total, sums, acc = 0.0, None, None
             for i in range(t.grad_accum):
                 sl = slice(i * t.batch_size, (i + 1) * t.batch_size)
-                loss, metrics, grads = self._grad(self._local_rows(inputs[sl]),
+                loss, metrics, grads = self.steps.grad(self._local_rows(inputs[sl]),
                                                   self._local_rows(targets[sl]))
                 acc = grads if acc is None else tree_map(mx.add, acc, grads)
                 sums = metrics if sums is None else tree_map(mx.add, sums, metrics)
                 total = loss if i == 0 else total + loss
                 mx.eval(acc, sums, total)
             scale = 1.0 / t.grad_accum
-            norm = self._apply(tree_map(lambda g: g * scale, acc))
+            norm = self.steps.apply(tree_map(lambda g: g * scale, acc))
             loss, metrics = total * scale, tree_map(lambda m: m * scale, sums)
             mx.eval(loss, metrics, norm, self.model.state, self.optimizer.state)
         if self.world > 1:
@@ -161,7 +172,7 @@ class Trainer:
         self.model.eval()
         total, sums, n = 0.0, {}, 0
         for inputs, targets in self.val_data.eval_batches(t.batch_size, t.seq_len, t.eval_batches):
-            loss, metrics = self._eval(mx.array(inputs), mx.array(targets))
+            loss, metrics = self.steps.eval(mx.array(inputs), mx.array(targets))
             total += loss.item()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v.item()

@@ -1,0 +1,88 @@
+"""Training-step throughput. Prints one JSON line per config.
+
+    python benchmarks/train_step.py [--steps 5] [--config d256]
+
+Figures: tokens/s, step ms (median), peak memory, achieved GFLOP/s (6N + 12·L·T·d per token,
+PaLM's count; N includes the tied LM head) and its fraction of the fp32 matmul peak measured in
+the same process.
+"""
+
+from __future__ import annotations
+
+import cocomix_mlx  # noqa: F401  (first: BLAS setup)
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import mlx.core as mx
+import numpy as np
+
+from cocomix_mlx.backend import BLAS, device_name, matmul_gflops
+from cocomix_mlx.config import ModelConfig, TrainConfig
+from cocomix_mlx.models import build_model
+from cocomix_mlx.objectives import get_objective
+from cocomix_mlx.trainer import compile_steps, make_optimizer
+
+CONFIGS = {
+    "d256": dict(model=dict(n_embd=256, n_layer=6, n_head=8, vocab_size=8192, n_positions=256),
+                 batch_size=8, seq_len=256),
+    "d512": dict(model=dict(n_embd=512, n_layer=8, n_head=8, vocab_size=8192, n_positions=512),
+                 batch_size=4, seq_len=512),
+}
+
+
+def step_flops(mcfg: ModelConfig, seq_len: int) -> float:
+    d, L, V = mcfg.n_embd, mcfg.n_layer, mcfg.vocab_size
+    n = 12 * L * d * d + V * d
+    return 6 * n + 12 * L * seq_len * d
+
+
+def run(name: str, spec: dict, steps: int, mode: str, peak: float) -> dict:
+    mcfg = ModelConfig(**spec["model"])
+    tcfg = TrainConfig(batch_size=spec["batch_size"], seq_len=spec["seq_len"], steps=1000,
+                       mode=mode)
+    model = build_model(mcfg)
+    optimizer = make_optimizer(tcfg)
+    optimizer.init(model.trainable_parameters())
+    fns = compile_steps(model, get_objective(mode), optimizer, tcfg)
+    rng = np.random.default_rng(0)
+    shape = (tcfg.batch_size, tcfg.seq_len)
+    x = mx.array(rng.integers(0, mcfg.vocab_size, shape, dtype=np.int32))
+    y = mx.array(rng.integers(0, mcfg.vocab_size, shape, dtype=np.int32))
+    for _ in range(2):
+        mx.eval(fns.fused(x, y), model.state, optimizer.state)
+    mx.reset_peak_memory()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        mx.eval(fns.fused(x, y), model.state, optimizer.state)
+        times.append(time.perf_counter() - start)
+    dt = statistics.median(times)
+    tokens = tcfg.batch_size * tcfg.seq_len
+    gflops = step_flops(mcfg, tcfg.seq_len) * tokens / dt / 1e9
+    return {"config": name, "mode": mode, "d": mcfg.n_embd, "L": mcfg.n_layer,
+            "H": mcfg.n_head, "V": mcfg.vocab_size, "T": tcfg.seq_len, "B": tcfg.batch_size,
+            "tokens_per_s": round(tokens / dt, 1), "step_ms": round(dt * 1000, 1),
+            "peak_memory_mb": round(mx.get_peak_memory() / 2**20, 1),
+            "achieved_gflops": round(gflops, 1), "matmul_peak_gflops": round(peak, 1),
+            "fraction_of_peak": round(gflops / peak, 3), "device": device_name(),
+            "blas": BLAS.status, "machine": platform.machine(), "mlx": mx.__version__}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--config", action="append", choices=sorted(CONFIGS))
+    parser.add_argument("--mode", action="append", default=None)
+    args = parser.parse_args()
+    peak = matmul_gflops(1024)["mlx"]
+    for name in args.config or ["d256"]:
+        for mode in args.mode or ["ntp"]:
+            print(json.dumps(run(name, CONFIGS[name], args.steps, mode, peak)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
