@@ -51,7 +51,8 @@ def pretrain(
         cfg.train.mode = mode
     objective = get_objective(cfg.train.mode)
     meta = load_meta(data)
-    if not resume and cfg.model.vocab_size != meta["vocab_size"]:
+    explicit_vocab = config is not None or any("vocab" in a for a in ctx.args)
+    if not resume and not explicit_vocab:
         cfg.model.vocab_size = meta["vocab_size"]
     model = build_model(cfg.model, seed=cfg.train.seed)
     trainer = Trainer(cfg, model, objective, data, out)

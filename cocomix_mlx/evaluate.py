@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import mlx.core as mx
-import mlx.nn as nn
 
 from .checkpoint import load_model
 from .data import TokenDataset, check_vocab, load_meta
 from .errors import ConfigError
+from .ops import head_cross_entropy
 
 
 def perplexity(model_dir: str, data_dir: str, seq_len: int = 0, batch_size: int = 8,
@@ -28,8 +28,7 @@ def perplexity(model_dir: str, data_dir: str, seq_len: int = 0, batch_size: int 
 
     @mx.compile
     def summed_loss(inputs, targets):
-        logits = model(inputs).astype(mx.float32)
-        return nn.losses.cross_entropy(logits, targets, reduction="sum")
+        return head_cross_entropy(model.hidden_states(inputs), targets, model.logits, "sum")
 
     total, tokens = 0.0, 0
     for inputs, targets in data.eval_batches(batch_size, seq_len, max_batches or None):

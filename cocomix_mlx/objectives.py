@@ -8,18 +8,14 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .errors import ConfigError
+from .ops import head_cross_entropy
 
 Objective = Callable[[nn.Module, mx.array, mx.array], tuple[mx.array, dict[str, mx.array]]]
 
 
-def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
-    """Mean next-token cross-entropy in fp32."""
-    return nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="mean")
-
-
 def ntp(model: nn.Module, inputs: mx.array, targets: mx.array):
-    """Plain next-token prediction."""
-    loss = cross_entropy(model(inputs), targets)
+    """Plain next-token prediction: mean cross-entropy of the next token."""
+    loss = head_cross_entropy(model.hidden_states(inputs), targets, model.logits)
     return loss, {"ntp_loss": loss}
 
 

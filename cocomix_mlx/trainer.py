@@ -145,6 +145,9 @@ class Trainer:
     def train_step(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, dict, float]:
         """One optimizer step on a global batch of ``grad_accum * batch_size`` rows."""
         t = self.cfg.train
+        # Dropout randomness is a function of (seed, step, rank) alone, so a resumed run
+        # draws the same masks as an uninterrupted one.
+        mx.random.seed((t.seed * 1_000_003 + self.state.step) * 4099 + self.rank)
         if t.grad_accum == 1:
             loss, metrics, norm = self.steps.fused(self._local_rows(inputs), self._local_rows(targets))
             mx.eval(loss, metrics, norm, self.model.state, self.optimizer.state)
@@ -198,10 +201,9 @@ class Trainer:
 
         def write(tmp: Path) -> None:
             ckpt.write_model_files(tmp, self.model, self.data_dir / "tokenizer", {
+                "bos_token_id": self.meta.get("eos_token_id"),
                 "eos_token_id": self.meta.get("eos_token_id"), **self.extra_config})
             ckpt.save_weights(tmp / "optimizer.safetensors", self.optimizer.state)
-            mx.save_safetensors(str(tmp / "rng.safetensors"),
-                                {f"rng.{i}": a for i, a in enumerate(mx.random.state)})
             ckpt.write_json(tmp / "trainer_state.json", state)
             (tmp / "config.toml").write_text(dumps_toml(self.cfg), encoding="utf-8")
             if metrics_src.exists():
@@ -223,8 +225,6 @@ class Trainer:
             raise CheckpointError(f"{path} does not match this model: {e}") from None
         opt_state = ckpt.load_weights(path / "optimizer.safetensors")
         self.optimizer.state = tree_unflatten(list(opt_state.items()))
-        rng = ckpt.load_weights(path / "rng.safetensors")
-        mx.random.state[:] = [rng[f"rng.{i}"] for i in range(len(rng))]
         self.state = RunState(step=state["step"], tokens=state["tokens"],
                               elapsed=state["elapsed"], best_val_loss=state["best_val_loss"],
                               extra=state.get("extra", {}))

@@ -21,3 +21,12 @@ def corpus_dir() -> Path:
     if not CORPUS.exists():
         pytest.skip(f"corpus directory {CORPUS} not available")
     return CORPUS
+
+
+def cocomix(*args, cwd=None):
+    """Run the ``cocomix`` CLI in a subprocess."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "cocomix_mlx.cli.app", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=600)

@@ -16,6 +16,8 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.models.base import BaseModelArgs
 from mlx_lm.models.cache import KVCache
 
+from ..ops import gelu_tanh
+
 
 @dataclass
 class ModelArgs(BaseModelArgs):
@@ -36,11 +38,6 @@ class ModelArgs(BaseModelArgs):
             self.n_ctx = self.n_positions
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-
-
-def gelu_tanh(x: mx.array) -> mx.array:
-    """GPT-2's GELU, tanh approximation (Hugging Face ``gelu_new``)."""
-    return 0.5 * x * (1.0 + mx.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
 
 
 class Attention(nn.Module):

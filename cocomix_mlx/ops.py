@@ -1,0 +1,115 @@
+"""Numerical kernels shared by the models and objectives.
+
+Each is the exact function its name says, written in the form that runs fastest on MLX. On a CPU
+device, MLX evaluates elementwise transcendentals one scalar at a time, so the forms here compute
+one ``exp`` where the textbook form needs two, and spread the vocabulary-sized work of the output
+head over extra CPU streams (each stream runs on its own thread). On Metal and CUDA the stream
+split is skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import mlx.core as mx
+
+_GELU_K = 2.0 * math.sqrt(2.0 / math.pi)
+_STREAMS: dict[int, list] = {}
+_CE_FUNCS: dict[str, object] = {}
+
+
+def parallel_streams(n: int = 2) -> list:
+    """``n`` extra CPU streams when the default device is the CPU, else ``[]``."""
+    if mx.default_device() != mx.cpu or n < 2:
+        return []
+    if n not in _STREAMS:
+        _STREAMS[n] = [mx.new_stream(mx.cpu) for _ in range(n)]
+    return _STREAMS[n]
+
+
+def gelu_tanh(x: mx.array) -> mx.array:
+    """GPT-2's GELU (tanh approximation, Hugging Face ``gelu_new``).
+
+    0.5·x·(1 + tanh(u)) = x·sigmoid(2u) = x / (1 + exp(-2u)), u = sqrt(2/π)(x + 0.044715x³).
+    The exponent is capped at 40 so the gradient stays finite where exp(-2u) would overflow;
+    there both the value (|x|·e⁻⁴⁰) and its slope are zero in fp32.
+    """
+    if x.dtype == mx.float16:
+        return 0.5 * x * (1.0 + mx.tanh(0.5 * _GELU_K * (x + 0.044715 * x * x * x)))
+    return x / (1.0 + mx.exp(mx.minimum(-_GELU_K * (x + 0.044715 * x * x * x), 40.0)))
+
+
+def _ce_rows(stream):
+    """Per-row cross-entropy whose forward keeps ``exp(logits - max)`` and its row sums, so the
+    backward is ``softmax · c`` minus ``c`` at the target, without a second ``exp``. Forward and
+    backward are both pinned to ``stream``."""
+    key = str(stream)
+    if key in _CE_FUNCS:
+        return _CE_FUNCS[key]
+    ctx = (lambda: mx.stream(stream)) if stream is not None else nullcontext
+
+    @mx.custom_function
+    def rows(logits, targets):
+        with ctx():
+            logits = logits.astype(mx.float32)
+            m = mx.stop_gradient(logits.max(-1, keepdims=True))
+            e = mx.exp(logits - m)
+            s = e.sum(-1, keepdims=True)
+            t = mx.take_along_axis(logits, targets[:, None], -1)
+            return (mx.log(s) + m - t)[:, 0], e, s
+
+    @rows.vjp
+    def rows_vjp(primals, cotangents, outputs):
+        logits, targets = primals
+        c = cotangents[0][:, None]
+        _, e, s = outputs
+        with ctx():
+            g = e * (c / s)
+            idx = targets[:, None]
+            g = mx.put_along_axis(g, idx, mx.take_along_axis(g, idx, -1) - c, -1)
+            return g.astype(logits.dtype), mx.zeros_like(targets)
+
+    _CE_FUNCS[key] = rows
+    return rows
+
+
+def cross_entropy(logits: mx.array, targets: mx.array, reduction: str = "mean") -> mx.array:
+    """Cross-entropy of ``logits`` (..., V) against integer ``targets`` (...), in fp32.
+
+    ``reduction`` is ``"mean"``, ``"sum"`` or ``"none"`` (per position, shaped like ``targets``).
+    """
+    shape = targets.shape
+    stream = mx.default_stream(mx.default_device())
+    rows = _ce_rows(stream)(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))[0]
+    if reduction == "mean":
+        return rows.mean()
+    if reduction == "sum":
+        return rows.sum()
+    return rows.reshape(shape)
+
+
+def head_cross_entropy(h: mx.array, targets: mx.array, head, reduction: str = "mean") -> mx.array:
+    """Cross-entropy of ``head(h)`` against ``targets`` for hidden states ``h`` (..., D).
+
+    On the CPU the rows are split over :func:`parallel_streams`, each part computing its own
+    logits and loss, so the (N, V) work runs on every core. The split includes the head matmul:
+    slicing one full logits tensor instead would make the backward rebuild it at full size.
+    """
+    shape = targets.shape
+    h = h.reshape(-1, h.shape[-1])
+    targets = targets.reshape(-1)
+    streams = parallel_streams()
+    n = h.shape[0]
+    if len(streams) < 2 or n < 2 * len(streams):
+        return cross_entropy(head(h), targets, reduction)
+    step = -(-n // len(streams))
+    parts = []
+    for i, stream in enumerate(streams):
+        with mx.stream(stream):
+            sl = slice(i * step, min(n, (i + 1) * step))
+            parts.append(_ce_rows(stream)(head(h[sl]), targets[sl])[0])
+    if reduction == "none":
+        return mx.concatenate(parts).reshape(shape)
+    total = sum(p.sum() for p in parts)
+    return total / n if reduction == "mean" else total

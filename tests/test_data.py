@@ -1,0 +1,121 @@
+"""Tokenizers and token shards: round trips, foreign tokenizer formats, bad input."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from cocomix_mlx.data import TokenDataset, prepare
+from cocomix_mlx.errors import DataError
+from cocomix_mlx.tokenizer import EOS, build_tokenizer, load_tokenizer, train_tokenizer
+
+from conftest import CORPUS, cocomix, corpus_text
+
+
+@pytest.fixture(scope="module")
+def docs():
+    return [corpus_text("austen.txt.gz", 120_000), corpus_text("kjv.txt.gz", 60_000),
+            "Ünïcödé — “quotes” and emoji 🐳 with\ttabs  and  double spaces\n"]
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory, docs):
+    root = tmp_path_factory.mktemp("tok")
+    (root / "a.txt").write_text(docs[0], encoding="utf-8")
+    return train_tokenizer([str(root / "a.txt")], 700, root / "tok")
+
+
+def test_trained_tokenizer_round_trips_and_loads_in_hf_and_mlx_lm(tok_dir, docs):
+    from mlx_lm.tokenizer_utils import load as load_mlx_lm_tokenizer
+    from transformers import AutoTokenizer
+
+    tok = load_tokenizer(tok_dir)
+    hf = AutoTokenizer.from_pretrained(str(tok_dir))
+    wrapper = load_mlx_lm_tokenizer(tok_dir)
+    for text in docs:
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text  # byte fallback: nothing is lost, emoji included
+        assert hf.encode(text, add_special_tokens=False) == ids
+        assert wrapper.encode(text, add_special_tokens=False) == ids
+    assert tok.vocab_size == 700 and hf.eos_token == EOS == wrapper.eos_token
+
+
+def test_gpt2_bpe_files_give_gpt2_ids(tmp_path):
+    src = CORPUS.parent / "tokenizers" / "gpt2"
+    if not src.exists():
+        pytest.skip("GPT-2 BPE files not available")
+    info = build_tokenizer([str(src)], 0, tmp_path / "tok")
+    tok = load_tokenizer(tmp_path / "tok")
+    assert info["vocab_size"] == 50257 and tok.eos_token_id == 50256
+    assert tok.encode("Hello world") == [15496, 995]
+    assert tok.encode(" the cat's") == [262, 3797, 338]
+    from transformers import AutoTokenizer
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "tok")).encode("Hello world") == [15496, 995]
+
+
+def test_prepare_round_trip_all_input_kinds(tmp_path, tok_dir, docs):
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    (inputs / "a.txt").write_text(docs[0], encoding="utf-8")
+    with gzip.open(inputs / "sub" / "b.txt.gz", "wt", encoding="utf-8") as f:
+        f.write(docs[1])
+    (tmp_path / "c.jsonl").write_text(json.dumps({"text": docs[2]}) + "\n\n"
+                                      + json.dumps({"text": "second doc"}) + "\n")
+    meta = prepare([str(inputs), str(tmp_path / "c.jsonl")], str(tok_dir), str(tmp_path / "d"),
+                   val_fraction=0.0)
+    tok = load_tokenizer(tok_dir)
+    train = np.fromfile(tmp_path / "d" / "train.bin", dtype=np.uint16)
+    assert meta["dtype"] == "uint16" and meta["train_tokens"] == len(train)
+    assert meta["val_tokens"] == 0 and meta["vocab_size"] == 700
+    expected = EOS.join([docs[0], docs[1], docs[2], "second doc"]) + EOS
+    assert tok.decode(train.tolist()) == expected
+    assert int((train == tok.eos_token_id).sum()) == 4
+    assert (tmp_path / "d" / "tokenizer" / "tokenizer.json").exists()
+
+
+def test_validation_split_is_the_tail_at_a_line_break(tmp_path, tok_dir, docs):
+    (tmp_path / "a.txt").write_text(docs[0], encoding="utf-8")
+    prepare([str(tmp_path / "a.txt")], str(tok_dir), str(tmp_path / "d"), val_fraction=0.1)
+    tok = load_tokenizer(tok_dir)
+    train = tok.decode(TokenDataset(tmp_path / "d", "train").tokens.tolist())
+    val = tok.decode(TokenDataset(tmp_path / "d", "val").tokens.tolist())
+    assert train + val == docs[0] + EOS
+    assert train.endswith("\n") and 0.09 < len(val) / len(docs[0]) < 0.11
+
+
+def test_batches_are_deterministic_windows(tmp_path, tok_dir, docs):
+    (tmp_path / "a.txt").write_text(docs[0], encoding="utf-8")
+    prepare([str(tmp_path / "a.txt")], str(tok_dir), str(tmp_path / "d"), val_fraction=0.0)
+    data = TokenDataset(tmp_path / "d", "train")
+    x, y = data.batch_at(7, 4, 32, seed=3)
+    x2, y2 = data.batch_at(7, 4, 32, seed=3)
+    assert x.shape == (4, 32) and (x == x2).all() and (y == y2).all()
+    assert (x[:, 1:] == y[:, :-1]).all()
+    assert not (data.batch_at(8, 4, 32, seed=3)[0] == x).all()
+    windows = list(data.eval_batches(4, 32, max_batches=2))
+    assert len(windows) == 2 and (windows[0][0][1, 0] == data.tokens[32])
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "empty"), (b"abc\x00def", "binary"), (b"caf\xe9\n", "not UTF-8")])
+def test_bad_text_is_a_data_error(tmp_path, tok_dir, content, message):
+    (tmp_path / "bad.txt").write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        prepare([str(tmp_path / "bad.txt")], str(tok_dir), str(tmp_path / "d"))
+    assert not (tmp_path / "d").exists()
+
+
+def test_cli_refuses_overwrite_and_reports_one_line(tmp_path, tok_dir, docs):
+    (tmp_path / "a.txt").write_text(docs[2] * 50, encoding="utf-8")
+
+    out = tmp_path / "d"
+    r = cocomix("data", "prepare", tmp_path / "a.txt", "--tokenizer", tok_dir, "--out", out)
+    assert r.returncode == 0, r.stderr
+    before = (out / "train.bin").read_bytes()
+    r = cocomix("data", "prepare", tmp_path / "a.txt", "--tokenizer", tok_dir, "--out", out)
+    assert r.returncode == 2 and "--force" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (out / "train.bin").read_bytes() == before
+    r = cocomix("data", "prepare", tmp_path / "missing.txt", "--tokenizer", tok_dir, "--out",
+                tmp_path / "e")
+    assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
