@@ -13,4 +13,11 @@ def load(path, **kwargs):
     return _load(path, **kwargs)
 
 
-__all__ = ["CocomixError", "load", "__version__"]
+def load_sae(path):
+    """Load a TopK SAE directory (``sae.safetensors`` + ``config.json``)."""
+    from .models.sae import load_sae as _load_sae
+
+    return _load_sae(path)
+
+
+__all__ = ["CocomixError", "load", "load_sae", "__version__"]

@@ -40,6 +40,35 @@ def gelu_tanh(x: mx.array) -> mx.array:
     return x / (1.0 + mx.exp(mx.minimum(-_GELU_K * (x + 0.044715 * x * x * x), 40.0)))
 
 
+def standardize(h: mx.array, eps: float = 1e-5) -> tuple[mx.array, mx.array, mx.array]:
+    """``(x, mu, std)`` with ``x = (h - mu) / (std + eps)`` over the last axis.
+
+    ``std`` is the unbiased (Bessel-corrected) standard deviation and ``eps`` is added to it, not
+    to the variance. No affine parameters. The SAE and the concept head both use it.
+    """
+    mu = h.mean(-1, keepdims=True)
+    centered = h - mu
+    std = mx.sqrt((centered * centered).sum(-1, keepdims=True) / (h.shape[-1] - 1))
+    return centered / (std + eps), mu, std
+
+
+def topk_indices(z: mx.array, k: int) -> mx.array:
+    """Indices of the ``k`` largest entries of ``z`` along the last axis (unordered, no grad)."""
+    return mx.stop_gradient(mx.argpartition(-z, kth=k - 1, axis=-1)[..., :k])
+
+
+def keep_topk(z: mx.array, k: int, relu: bool = False) -> mx.array:
+    """``z`` with all but its ``k`` largest entries per row set to zero (optionally ReLU'd).
+
+    The gradient reaches exactly the kept entries.
+    """
+    idx = topk_indices(z, k)
+    values = mx.take_along_axis(z, idx, -1)
+    if relu:
+        values = mx.maximum(values, 0)
+    return mx.put_along_axis(mx.zeros_like(z), idx, values, -1)
+
+
 def _ce_rows(stream):
     """Per-row cross-entropy whose forward keeps ``exp(logits - max)`` and its row sums, so the
     backward is ``softmax · c`` minus ``c`` at the target, without a second ``exp``. Forward and

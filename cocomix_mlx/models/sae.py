@@ -1,0 +1,119 @@
+"""TopK sparse autoencoder in OpenAI's ``sparse_autoencoder`` layout (Gao et al. 2024).
+
+Parameters: ``pre_bias`` (d), ``encoder.weight`` (C, d), ``latent_bias`` (C), ``decoder.weight``
+(d, C); no other biases. With ``normalize`` the input is standardized first (``ops.standardize``)
+and the reconstruction de-standardized with the same statistics.
+
+A checkpoint is a directory with ``sae.safetensors`` and ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..errors import CheckpointError
+from ..ops import keep_topk, standardize
+
+Stats = Optional[tuple[mx.array, mx.array]]  # (mu, std) of the encoder input, or None
+
+
+@dataclass
+class SAEConfig:
+    d: int
+    latents: int
+    k: int = 32
+    normalize: bool = True
+    source_model: Optional[str] = None
+    layer: Optional[int] = None
+    location: Optional[str] = None  # e.g. "resid_post_mlp"
+
+    def __post_init__(self):
+        if not 0 < self.k <= self.latents:
+            raise ValueError(f"k={self.k} must be in 1..latents={self.latents}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SAEConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class TopKSAE(nn.Module):
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.pre_bias = mx.zeros((cfg.d,))
+        self.encoder = nn.Linear(cfg.d, cfg.latents, bias=False)
+        self.latent_bias = mx.zeros((cfg.latents,))
+        self.decoder = nn.Linear(cfg.latents, cfg.d, bias=False)
+
+    @property
+    def W_dec(self) -> mx.array:
+        """Decoder matrix (d, C): column j is latent j's direction."""
+        return self.decoder.weight
+
+    def preprocess(self, h: mx.array) -> tuple[mx.array, Stats]:
+        if not self.cfg.normalize:
+            return h, None
+        x, mu, std = standardize(h)
+        return x, (mu, std)
+
+    def pre_activations(self, x: mx.array) -> mx.array:
+        """Latent pre-activations of a (standardized) input: (x - pre_bias) Wₑᵀ + latent_bias."""
+        return self.encoder(x - self.pre_bias) + self.latent_bias
+
+    def encode(self, h: mx.array, return_stats: bool = False):
+        """Dense latents (..., C) with at most k non-zeros: ReLU of the top-k pre-activations."""
+        x, stats = self.preprocess(h)
+        z = keep_topk(self.pre_activations(x), self.cfg.k, relu=True)
+        return (z, stats) if return_stats else z
+
+    def decode(self, z: mx.array, stats: Stats = None) -> mx.array:
+        """z W_dᵀ + pre_bias, de-standardized with ``stats`` when given (else normalized space)."""
+        x = self.decoder(z) + self.pre_bias
+        if stats is None:
+            return x
+        mu, std = stats
+        return x * std + mu
+
+    def __call__(self, h: mx.array) -> mx.array:
+        """Reconstruction of ``h`` in its own space."""
+        z, stats = self.encode(h, return_stats=True)
+        return self.decode(z, stats)
+
+
+def save_sae(sae: TopKSAE, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """Write ``sae.safetensors`` + ``config.json`` into an existing directory."""
+    from mlx.utils import tree_flatten
+
+    directory = Path(directory)
+    weights = dict(tree_flatten(sae.parameters()))
+    mx.save_safetensors(str(directory / "sae.safetensors"), weights, metadata={"format": "mlx"})
+    config = {**asdict(sae.cfg), **(extra or {})}
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def load_sae(directory: str | Path) -> TopKSAE:
+    """Load an SAE directory written by ``save_sae`` / ``cocomix convert sae`` / ``sae train``."""
+    directory = Path(directory)
+    cfg_path, w_path = directory / "config.json", directory / "sae.safetensors"
+    if not cfg_path.exists() or not w_path.exists():
+        raise CheckpointError(f"no SAE in {directory}: expected config.json and sae.safetensors; "
+                              "make one with `cocomix sae train` or `cocomix convert sae`")
+    try:
+        cfg = SAEConfig.from_dict(json.loads(cfg_path.read_text(encoding="utf-8")))
+        weights = mx.load(str(w_path))
+    except (json.JSONDecodeError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"corrupt SAE in {directory}: {e}") from None
+    sae = TopKSAE(cfg)
+    try:
+        sae.load_weights(list(weights.items()), strict=True)
+    except ValueError as e:
+        raise CheckpointError(f"SAE weights in {directory} do not match its config: {e}") from None
+    mx.eval(sae.parameters())
+    return sae
