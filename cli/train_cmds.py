@@ -10,7 +10,7 @@ import typer
 
 from .common import console, fail, step_progress
 
-MODES = "ntp"
+MODES = "ntp, cocomix, kd, pause"
 
 
 def pretrain(
@@ -20,13 +20,16 @@ def pretrain(
     mode: Optional[str] = typer.Option(None, "--mode", help=f"Objective: {MODES} (default ntp)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Named config, e.g. tiny."),
     config: Optional[Path] = typer.Option(None, "--config", help="A TOML config file."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Frozen teacher (cocomix, kd)."),
+    sae: Optional[Path] = typer.Option(None, "--sae", help="SAE on the teacher's layer (cocomix)."),
+    sae_layer: Optional[int] = typer.Option(None, "--sae-layer", help="Teacher block the SAE reads."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
 ):
     """Pretrain a model. Any config key can be overridden: --lr 3e-4 --model.n_layer 4 ..."""
     from cocomix_mlx import config as cfgmod
     from cocomix_mlx.models import build_model
-    from cocomix_mlx.objectives import get_objective
+    from cocomix_mlx.objectives import build_objective
     from cocomix_mlx.data import load_meta
     from cocomix_mlx.trainer import Trainer, config_from_checkpoint
     from mlx.utils import tree_flatten
@@ -42,19 +45,27 @@ def pretrain(
     elif config:
         cfg = cfgmod.load_toml(config)
     else:
-        cfg = cfgmod.preset(preset or "tiny")
+        default = "cocomix-tiny" if mode in ("cocomix", "pause") else "tiny"
+        cfg = cfgmod.preset(preset or default)
     if not resume and out.exists() and any(out.iterdir()):
         if not force:
             fail(f"{out} already exists; pass --resume to continue it or --force to replace it")
     cfgmod.apply_overrides(cfg, list(ctx.args))
     if mode:
         cfg.train.mode = mode
-    objective = get_objective(cfg.train.mode)
+    for key, value in (("teacher", teacher), ("sae", sae), ("sae_layer", sae_layer)):
+        if value is not None:
+            setattr(cfg.concept, key, str(value) if isinstance(value, Path) else value)
     meta = load_meta(data)
+    if cfg.concept.sae and not resume and not any("concept_dim" in a for a in ctx.args):
+        from cocomix_mlx.models.sae import load_sae
+
+        cfg.concept.concept_dim = load_sae(cfg.concept.sae).cfg.latents
     explicit_vocab = config is not None or any("vocab" in a for a in ctx.args)
     if not resume and not explicit_vocab:
         cfg.model.vocab_size = meta["vocab_size"]
-    model = build_model(cfg.model, seed=cfg.train.seed)
+    objective = build_objective(cfg, meta)
+    model = build_model(cfg.model, seed=cfg.train.seed, mode=cfg.train.mode, concept=cfg.concept)
     trainer = Trainer(cfg, model, objective, data, out)
     if resume:
         trainer.resume()

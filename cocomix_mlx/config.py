@@ -61,12 +61,38 @@ class TrainConfig:
 
 
 @dataclass
+class ConceptConfig:
+    """CoCoMix concept head, its teacher and labels; also the KD and pause baselines.
+
+    Names follow the official run config where one exists (``concept_dim`` = C latents,
+    ``concept_num`` = TopK k, ``insert_layer`` = ``insert_layer_index``).
+    """
+
+    concept_dim: int = 32768
+    concept_num: int = 32
+    insert_layer: int = 5
+    mixing: str = "interleave"  # "interleave" | "add" (ablation) | "none" (no mixing, ablation)
+    teacher: str = ""  # checkpoint dir of the frozen teacher (cocomix and kd modes)
+    sae: str = ""  # SAE dir trained on the teacher's layer ``sae_layer``
+    sae_layer: int = 5  # teacher block whose output residual the SAE reads (0-based)
+    k_attr: int = 4  # labels per position (``topK_attri``)
+    lam: float = 0.1  # concept-loss weight (``lam_concept``)
+    labels: str = "attribution"  # "attribution" | "activation" (ablation)
+    mask_zero_rows: bool = True  # drop all-zero-attribution positions from the concept loss
+    kd_weight: float = 0.1  # KD baseline: NTP + kd_weight · KL(teacher ‖ student)
+
+
+SECTIONS = ("model", "train", "concept")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    concept: ConceptConfig = field(default_factory=ConceptConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {"model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}
+        return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
 
 
 _CTX = dict(n_positions=1024)
@@ -86,6 +112,27 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "ntp-386m": {
         "model": dict(vocab_size=50257, n_embd=1072, n_layer=24, n_head=16, **_CTX),
         "train": dict(seq_len=1024, batch_size=8, lr=3e-4),
+    },
+    "cocomix-tiny": {
+        "model": dict(n_embd=256, n_layer=6, n_head=8, n_positions=256),
+        "train": dict(mode="cocomix", seq_len=256, batch_size=8, lr=1e-3, steps=600,
+                      eval_every=100, save_every=200),
+        "concept": dict(concept_dim=4096, insert_layer=3, sae_layer=3),
+    },
+    "cocomix-69m": {
+        "model": dict(vocab_size=50257, n_embd=512, n_layer=8, n_head=8, **_CTX),
+        "train": dict(mode="cocomix", seq_len=1024, batch_size=8, lr=6e-4),
+        "concept": dict(insert_layer=3),
+    },
+    "cocomix-386m": {
+        "model": dict(vocab_size=50257, n_embd=1024, n_layer=24, n_head=16, **_CTX),
+        "train": dict(mode="cocomix", seq_len=1024, batch_size=8, lr=3e-4),
+        "concept": dict(insert_layer=5),
+    },
+    "cocomix-1.38b": {
+        "model": dict(vocab_size=50257, n_embd=2048, n_layer=24, n_head=16, **_CTX),
+        "train": dict(mode="cocomix", seq_len=1024, batch_size=8, lr=2e-4),
+        "concept": dict(insert_layer=5),
     },
     "ntp-1.38b": {
         "model": dict(vocab_size=50257, n_embd=2096, n_layer=24, n_head=16, **_CTX),
@@ -125,7 +172,7 @@ def _coerce(name: str, value: Any, target_type: Any) -> Any:
 
 
 def _section(cfg: Config, name: str):
-    return {"model": cfg.model, "train": cfg.train}[name]
+    return getattr(cfg, name)
 
 
 def _field_types(section) -> dict[str, Any]:
@@ -137,12 +184,13 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
     key = key.lstrip("-").replace("-", "_")
     if "." in key:
         sec_name, name = key.split(".", 1)
-        if sec_name not in ("model", "train"):
-            raise ConfigError(f"unknown config section '{sec_name}' (use model.* or train.*)")
+        if sec_name not in SECTIONS:
+            raise ConfigError(f"unknown config section '{sec_name}' (use model.*, train.* or "
+                              "concept.*)")
         owners = [sec_name] if name in _field_types(_section(cfg, sec_name)) else []
     else:
         name = key
-        owners = [s for s in ("model", "train") if name in _field_types(_section(cfg, s))]
+        owners = [s for s in SECTIONS if name in _field_types(_section(cfg, s))]
     if not owners:
         raise ConfigError(f"unknown config key '{key}'; see `cocomix pretrain --help` for the keys")
     if len(owners) > 1:
@@ -184,8 +232,9 @@ def preset(name: str) -> Config:
 def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
     cfg = base or Config()
     for sec, values in data.items():
-        if sec not in ("model", "train") or not isinstance(values, dict):
-            raise ConfigError(f"unknown config section '{sec}' (expected [model] and [train])")
+        if sec not in SECTIONS or not isinstance(values, dict):
+            raise ConfigError(f"unknown config section '{sec}' (expected [model], [train], "
+                              "[concept])")
         for key, value in values.items():
             set_value(cfg, f"{sec}.{key}", value)
     return cfg

@@ -1,16 +1,26 @@
-"""Training objectives. Each maps ``(model, inputs, targets)`` to ``(loss, metrics)``."""
+"""Training objectives. Each maps ``(model, inputs, targets)`` to ``(loss, metrics)``.
+
+``ntp`` (also the pause baseline, whose model interleaves pause slots), ``cocomix`` (NTP plus
+λ · the concept loss on labels from a frozen teacher + SAE, DESIGN §2) and ``kd`` (NTP plus
+``kd_weight`` · KL(teacher ‖ student)).
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 
+from .concepts import (activation_scores, attribution, check_sae, concept_labels, concept_loss,
+                       concept_recall, teacher_depth)
+from .config import Config, ConceptConfig
 from .errors import ConfigError
-from .ops import head_cross_entropy
+from .ops import cross_entropy, head_cross_entropy
 
 Objective = Callable[[nn.Module, mx.array, mx.array], tuple[mx.array, dict[str, mx.array]]]
+MODES = ("ntp", "cocomix", "kd", "pause")
 
 
 def ntp(model: nn.Module, inputs: mx.array, targets: mx.array):
@@ -19,10 +29,110 @@ def ntp(model: nn.Module, inputs: mx.array, targets: mx.array):
     return loss, {"ntp_loss": loss}
 
 
-OBJECTIVES: dict[str, Objective] = {"ntp": ntp}
+def cocomix(teacher: Optional[nn.Module], sae, cc: ConceptConfig) -> Objective:
+    """``CE_ntp + λ · mean_i CE(concept_logits, label_i)``, labels from ``teacher`` + ``sae``.
+
+    With ``λ = 0`` (the mixing-only ablation) no teacher is needed.
+    """
+    scores_fn = attribution if cc.labels == "attribution" else activation_scores
+
+    def objective(model, inputs, targets):
+        h, z = model.hidden_states(inputs, return_concepts=True)
+        loss = head_cross_entropy(h, targets, model.logits)
+        metrics = {"ntp_loss": loss}
+        if teacher is None or cc.lam == 0:
+            return loss, metrics
+        labels, valid = concept_labels(scores_fn(teacher, sae, inputs, cc.sae_layer), cc.k_attr)
+        if not cc.mask_zero_rows:
+            valid = mx.ones_like(valid)
+        closs = concept_loss(z, labels, valid)
+        metrics["concept_loss"] = closs
+        metrics["concept_recall"] = mx.stop_gradient(concept_recall(z, labels, valid))
+        return loss + cc.lam * closs, metrics
+
+    return objective
+
+
+def kl_divergence(teacher_logits: mx.array, student_logits: mx.array) -> mx.array:
+    """Mean over positions of KL(p_teacher ‖ p_student) of next-token distributions."""
+    log_p = teacher_logits - mx.logsumexp(teacher_logits, -1, keepdims=True)
+    log_q = student_logits - mx.logsumexp(student_logits, -1, keepdims=True)
+    return (mx.exp(log_p) * (log_p - log_q)).sum(-1).mean()
+
+
+def kd(teacher: nn.Module, weight: float) -> Objective:
+    """Knowledge distillation baseline: ``CE_ntp + weight · KL(teacher ‖ student)``."""
+
+    def objective(model, inputs, targets):
+        logits = model(inputs).astype(mx.float32)
+        loss = cross_entropy(logits, targets)
+        kl = kl_divergence(mx.stop_gradient(teacher(inputs).astype(mx.float32)), logits)
+        return loss + weight * kl, {"ntp_loss": loss, "kd_loss": kl}
+
+    return objective
+
+
+def load_teacher(cfg: Config, data_meta: dict | None = None) -> nn.Module:
+    """The frozen teacher of ``cfg.concept.teacher``, checked against the student's data."""
+    from .checkpoint import load_model
+    from .tokenizer import load_tokenizer
+
+    path = cfg.concept.teacher
+    if not path:
+        raise ConfigError(f"--mode {cfg.train.mode} needs a teacher: pass --teacher DIR")
+    teacher, tconfig = load_model(path)
+    teacher.eval()
+    teacher.freeze()
+    if data_meta is not None:
+        tid = load_tokenizer(Path(path)).identity if (Path(path) / "tokenizer.json").exists() \
+            else None
+        if tid is not None and data_meta.get("tokenizer_id") not in (None, tid):
+            raise ConfigError(f"the teacher in {path} uses a different tokenizer than the data; "
+                              "prepare the data with the teacher's tokenizer")
+        if tconfig.get("vocab_size", 0) < data_meta["vocab_size"]:
+            raise ConfigError(f"the teacher's vocabulary ({tconfig.get('vocab_size')}) is smaller "
+                              f"than the data's ({data_meta['vocab_size']})")
+    return teacher
+
+
+def build_objective(cfg: Config, data_meta: dict | None = None) -> Objective:
+    """The objective of ``cfg.train.mode``, loading the teacher and SAE it needs."""
+    mode, cc = cfg.train.mode, cfg.concept
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode '{mode}'; available: {', '.join(MODES)}")
+    if mode in ("ntp", "pause"):
+        return ntp
+    if mode == "kd":
+        teacher = load_teacher(cfg, data_meta)
+        if teacher.args.vocab_size != cfg.model.vocab_size:
+            raise ConfigError(f"KD needs the same vocabulary: teacher {teacher.args.vocab_size}, "
+                              f"student {cfg.model.vocab_size}")
+        return kd(teacher, cc.kd_weight)
+    if cc.labels not in ("attribution", "activation"):
+        raise ConfigError(f"concept.labels must be attribution or activation, not {cc.labels!r}")
+    if cc.lam == 0:
+        return cocomix(None, None, cc)
+    from .models.sae import load_sae
+
+    if not cc.sae:
+        raise ConfigError("--mode cocomix needs an SAE: pass --sae DIR (or --lam 0)")
+    teacher = load_teacher(cfg, data_meta)
+    sae = load_sae(cc.sae)
+    sae.freeze()
+    check_sae(teacher, sae)
+    if not 0 <= cc.sae_layer < teacher_depth(teacher):
+        raise ConfigError(f"--sae-layer {cc.sae_layer} is out of range for a teacher with "
+                          f"{teacher_depth(teacher)} blocks")
+    if sae.cfg.latents != cc.concept_dim:
+        raise ConfigError(f"the SAE has {sae.cfg.latents} latents but concept_dim is "
+                          f"{cc.concept_dim}; set --concept-dim {sae.cfg.latents}")
+    if not 0 < cc.k_attr <= sae.cfg.k:
+        raise ConfigError(f"k_attr={cc.k_attr} must be in 1..{sae.cfg.k} (the SAE's k)")
+    return cocomix(teacher, sae, cc)
 
 
 def get_objective(mode: str) -> Objective:
-    if mode not in OBJECTIVES:
-        raise ConfigError(f"unknown mode '{mode}'; available: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[mode]
+    """Objectives that need no teacher (``ntp``, ``pause``)."""
+    if mode in ("ntp", "pause"):
+        return ntp
+    raise ConfigError(f"mode '{mode}' needs a teacher; build it with build_objective(cfg)")

@@ -69,8 +69,13 @@ def keep_topk(z: mx.array, k: int, relu: bool = False) -> mx.array:
     return mx.put_along_axis(mx.zeros_like(z), idx, values, -1)
 
 
+def _as_columns(targets: mx.array) -> mx.array:
+    return targets[:, None] if targets.ndim == 1 else targets
+
+
 def _ce_rows(stream):
-    """Per-row cross-entropy whose forward keeps ``exp(logits - max)`` and its row sums, so the
+    """Per-row cross-entropy (averaged over the row's targets when ``targets`` is (N, m) with
+    distinct entries per row) whose forward keeps ``exp(logits - max)`` and its row sums, so the
     backward is ``softmax · c`` minus ``c`` at the target, without a second ``exp``. Forward and
     backward are both pinned to ``stream``."""
     key = str(stream)
@@ -85,7 +90,7 @@ def _ce_rows(stream):
             m = mx.stop_gradient(logits.max(-1, keepdims=True))
             e = mx.exp(logits - m)
             s = e.sum(-1, keepdims=True)
-            t = mx.take_along_axis(logits, targets[:, None], -1)
+            t = mx.take_along_axis(logits, _as_columns(targets), -1).mean(-1, keepdims=True)
             return (mx.log(s) + m - t)[:, 0], e, s
 
     @rows.vjp
@@ -95,8 +100,8 @@ def _ce_rows(stream):
         _, e, s = outputs
         with ctx():
             g = e * (c / s)
-            idx = targets[:, None]
-            g = mx.put_along_axis(g, idx, mx.take_along_axis(g, idx, -1) - c, -1)
+            idx = _as_columns(targets)
+            g = mx.put_along_axis(g, idx, mx.take_along_axis(g, idx, -1) - c / idx.shape[1], -1)
             return g.astype(logits.dtype), mx.zeros_like(targets)
 
     _CE_FUNCS[key] = rows
@@ -106,11 +111,14 @@ def _ce_rows(stream):
 def cross_entropy(logits: mx.array, targets: mx.array, reduction: str = "mean") -> mx.array:
     """Cross-entropy of ``logits`` (..., V) against integer ``targets`` (...), in fp32.
 
-    ``reduction`` is ``"mean"``, ``"sum"`` or ``"none"`` (per position, shaped like ``targets``).
+    ``targets`` shaped (..., m) like ``logits`` gives each row the mean of its m cross-entropies
+    (the m targets of a row must be distinct). ``reduction`` is ``"mean"``, ``"sum"`` or ``"none"`` (per position, shaped like ``targets``).
     """
-    shape = targets.shape
+    multi = targets.ndim == logits.ndim
+    shape = targets.shape[:-1] if multi else targets.shape
+    flat = targets.reshape(-1, targets.shape[-1]) if multi else targets.reshape(-1)
     stream = mx.default_stream(mx.default_device())
-    rows = _ce_rows(stream)(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))[0]
+    rows = _ce_rows(stream)(logits.reshape(-1, logits.shape[-1]), flat)[0]
     if reduction == "mean":
         return rows.mean()
     if reduction == "sum":

@@ -41,13 +41,46 @@ def block(x, p, n_head, eps=1e-5):
     return x + h @ p["mlp.c_proj.weight"].T + p["mlp.c_proj.bias"]
 
 
-def gpt2_logits(weights: dict, tokens, n_layer, n_head, eps=1e-5):
-    """GPT-2 forward from a flat ``model.*`` weight dict of NumPy arrays."""
-    w = {k[len("model."):]: v.astype(np.float64) for k, v in weights.items()}
-    T = tokens.shape[1]
-    x = w["wte.weight"][tokens] + w["wpe.weight"][:T]
-    for i in range(n_layer):
+def _blocks(x, w, start, stop, n_head, eps):
+    for i in range(start, stop):
         prefix = f"h.{i}."
         x = block(x, {k[len(prefix):]: v for k, v in w.items() if k.startswith(prefix)}, n_head, eps)
-    x = layer_norm(x, w["ln_f.weight"], w["ln_f.bias"], eps)
+    return x
+
+
+def _model_weights(weights):
+    return {k[len("model."):]: v.astype(np.float64) for k, v in weights.items() if k.startswith("model.")}
+
+
+def gpt2_logits(weights: dict, tokens, n_layer, n_head, eps=1e-5):
+    """GPT-2 forward from a flat ``model.*`` weight dict of NumPy arrays."""
+    w = _model_weights(weights)
+    x = w["wte.weight"][tokens] + w["wpe.weight"][:tokens.shape[1]]
+    x = layer_norm(_blocks(x, w, 0, n_layer, n_head, eps), w["ln_f.weight"], w["ln_f.bias"], eps)
     return x @ w["wte.weight"].T
+
+
+def standardize(h, eps=1e-5):
+    mu = h.mean(-1, keepdims=True)
+    std = (h - mu).std(-1, ddof=1, keepdims=True)
+    return (h - mu) / (std + eps), mu, std
+
+
+def cocomix_logits(weights: dict, tokens, n_layer, n_head, insert, k, eps=1e-5):
+    """CoCoMix forward (DESIGN §2): (logits, concept logits)."""
+    w = _model_weights(weights)
+    c = {n: v.astype(np.float64) for n, v in weights.items() if not n.startswith("model.")}
+    B, T = tokens.shape
+    h = w["wte.weight"][tokens] + w["wpe.weight"][:T]
+    h = _blocks(h, w, 0, insert, n_head, eps)
+    x, mu, std = standardize(h)
+    z = (x - c["pre_bias"]) @ c["concept_predictor.weight"].T + c["concept_predictor.bias"]
+    keep = np.argsort(-z, axis=-1)[..., :k]
+    zk = np.zeros_like(z)
+    np.put_along_axis(zk, keep, np.take_along_axis(z, keep, -1), -1)
+    concept = (zk @ c["compress_layer.weight"].T + c["compress_layer.bias"] + c["pre_bias"]) * std + mu
+    mixed = np.empty((B, 2 * T, h.shape[-1]))
+    mixed[:, 0::2], mixed[:, 1::2] = h, concept
+    out = _blocks(mixed, w, insert, n_layer, n_head, eps)[:, 1::2]
+    out = layer_norm(out, w["ln_f.weight"], w["ln_f.bias"], eps)
+    return out @ w["wte.weight"].T, z

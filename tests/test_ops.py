@@ -63,3 +63,20 @@ def test_head_cross_entropy_split_equals_unsplit():
     dlogits = np_ce_grad(logits, np.array(targets).reshape(-1))
     np.testing.assert_allclose(np.array(gh).reshape(-1, 16), dlogits @ np.array(w), atol=1e-6)
     np.testing.assert_allclose(np.array(gw), dlogits.T @ np.array(h).reshape(-1, 16), atol=1e-6)
+
+
+def test_multi_target_cross_entropy_is_mean_of_single_targets():
+    rng = np.random.default_rng(2)
+    logits = mx.array(rng.standard_normal((2, 5, 40)).astype(np.float32))
+    labels = mx.array(np.stack([rng.permutation(40)[:4] for _ in range(10)]).reshape(2, 5, 4))
+
+    def multi(z):
+        return cross_entropy(z, labels, "mean")
+
+    def single(z):
+        return sum(cross_entropy(z, labels[..., i], "mean") for i in range(4)) / 4
+
+    assert cross_entropy(logits, labels, "none").shape == (2, 5)
+    np.testing.assert_allclose(multi(logits).item(), single(logits).item(), rtol=1e-6)
+    np.testing.assert_allclose(np.array(mx.grad(multi)(logits)), np.array(mx.grad(single)(logits)),
+                               atol=1e-7)

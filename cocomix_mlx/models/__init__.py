@@ -6,8 +6,8 @@ from typing import Any
 
 import mlx.nn as nn
 
-from ..config import ModelConfig
-from . import gpt2
+from ..config import ConceptConfig, ModelConfig
+from . import cocomix, gpt2
 
 
 def gpt2_args(cfg: ModelConfig) -> gpt2.ModelArgs:
@@ -18,10 +18,31 @@ def gpt2_args(cfg: ModelConfig) -> gpt2.ModelArgs:
     )
 
 
-def build_model(cfg: ModelConfig, seed: int = 0) -> nn.Module:
-    """A freshly initialised model for ``cfg`` (GPT-2 initialisation)."""
-    args = gpt2_args(cfg)
-    model = gpt2.Model(args)
+def cocomix_args(cfg: ModelConfig, concept: ConceptConfig, pause: bool = False) -> cocomix.ModelArgs:
+    base = gpt2_args(cfg).__dict__
+    return cocomix.ModelArgs(**base, concept_dim=concept.concept_dim,
+                             concept_num=concept.concept_num, insert_layer=concept.insert_layer,
+                             mixing=concept.mixing, pause=pause)
+
+
+def build_model(cfg: ModelConfig, seed: int = 0, mode: str = "ntp",
+                concept: ConceptConfig | None = None) -> nn.Module:
+    """A freshly initialised model for ``cfg`` (GPT-2 initialisation).
+
+    ``mode`` ``cocomix`` / ``pause`` builds the concept-mixing model of ``models.cocomix``;
+    ``ntp`` and ``kd`` build plain GPT-2.
+    """
+    if mode in ("cocomix", "pause"):
+        try:
+            args = cocomix_args(cfg, concept or ConceptConfig(), pause=mode == "pause")
+        except ValueError as e:
+            from ..errors import ConfigError
+
+            raise ConfigError(str(e)) from None
+        model = cocomix.Model(args)
+    else:
+        args = gpt2_args(cfg)
+        model = gpt2.Model(args)
     gpt2.init_weights(model, args.n_layer, seed)
     return model
 
@@ -36,11 +57,14 @@ def hf_config(model: nn.Module) -> dict[str, Any]:
         "layer_norm_epsilon": a.layer_norm_epsilon, "embd_pdrop": a.embd_pdrop,
         "attn_pdrop": a.attn_pdrop, "resid_pdrop": a.resid_pdrop,
         "activation_function": "gelu_new", "tie_word_embeddings": True,
+        **({"cocomix": a.cocomix_block()} if hasattr(a, "cocomix_block") else {}),
     }
 
 
 def model_classes(config: dict[str, Any]):
     """``get_model_classes`` for ``mlx_lm.utils.load_model``: ours for GPT-2, mlx-lm's otherwise."""
+    if config.get("model_type") == "gpt2" and "cocomix" in config:
+        return cocomix.Model, cocomix.ModelArgs
     if config.get("model_type") == "gpt2":
         return gpt2.Model, gpt2.ModelArgs
     from mlx_lm.utils import _get_classes

@@ -1,0 +1,129 @@
+"""Concept labels from a frozen teacher and its SAE (DESIGN §2).
+
+``h`` is the teacher's residual after block ``layer``; ``g = ∂L/∂h`` of the teacher's mean
+next-token cross-entropy over the sequence (so the last position, whose logits are not in the
+loss, gets ``g = 0``); the attribution of latent j is ``(g · W_dec[:, j]) · z_j`` with ``z`` the
+SAE's post-TopK latents. Works for our GPT-2 and for mlx-lm Llama-family teachers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .errors import ConfigError
+from .ops import cross_entropy, topk_indices
+
+Stage = Callable[[mx.array], mx.array]
+
+
+def teacher_width(teacher: nn.Module) -> int:
+    args = teacher.args
+    return getattr(args, "n_embd", None) or args.hidden_size
+
+
+def teacher_depth(teacher: nn.Module) -> int:
+    return len(teacher.layers)
+
+
+def _llama_blocks(model, h: mx.array, blocks) -> mx.array:
+    from mlx_lm.models.base import create_attention_mask
+
+    window = getattr(model, "sliding_window", None)
+    for block in blocks:
+        sliding = getattr(block, "use_sliding", False)
+        h = block(h, create_attention_mask(h, None, window_size=window if sliding else None),
+                  cache=None)
+    return h
+
+
+def split_teacher(teacher: nn.Module, layer: int) -> tuple[Stage, Stage, Stage]:
+    """``(lower, upper, head)``: tokens → residual after block ``layer``; that residual → final
+    normalized hidden states; hidden states → logits."""
+    depth = teacher_depth(teacher)
+    if not 0 <= layer < depth:
+        raise ConfigError(f"layer {layer} is out of range for a teacher with {depth} blocks "
+                          f"(0..{depth - 1})")
+    if hasattr(teacher, "hidden_states"):  # our GPT-2 / CoCoMix models
+        m = teacher.model
+
+        def lower(tokens):
+            return teacher.hidden_states(tokens, stop=layer + 1)
+
+        def upper(h):
+            return m.ln_f(m.run_blocks(h, layer + 1, depth))
+
+        return lower, upper, teacher.logits
+    inner = teacher.model
+    if not (hasattr(inner, "embed_tokens") and hasattr(inner, "norm")):
+        raise ConfigError(f"unsupported teacher architecture {type(teacher).__module__}; use a "
+                          "GPT-2 or Llama-family checkpoint")
+
+    def lower(tokens):
+        return _llama_blocks(inner, inner.embed_tokens(tokens), inner.layers[:layer + 1])
+
+    def upper(h):
+        return inner.norm(_llama_blocks(inner, h, inner.layers[layer + 1:]))
+
+    def head(h):
+        if getattr(teacher.args, "tie_word_embeddings", True):
+            return inner.embed_tokens.as_linear(h)
+        return teacher.lm_head(h)
+
+    return lower, upper, head
+
+
+def residual_and_grad(teacher: nn.Module, tokens: mx.array, layer: int):
+    """Teacher residual ``h`` after block ``layer`` and ``g = ∂L/∂h`` of its mean next-token
+    cross-entropy within ``tokens`` (positions 0..T-2 predict 1..T-1)."""
+    lower, upper, head = split_teacher(teacher, layer)
+    h = mx.stop_gradient(lower(tokens))
+
+    def loss(h):
+        return cross_entropy(head(upper(h))[:, :-1], tokens[:, 1:])
+
+    return h, mx.grad(loss)(h)
+
+
+def check_sae(teacher: nn.Module, sae) -> None:
+    if sae.cfg.d != teacher_width(teacher):
+        raise ConfigError(f"the SAE reads width {sae.cfg.d} but the teacher's residual has width "
+                          f"{teacher_width(teacher)}; train or convert an SAE for this teacher")
+
+
+def attribution(teacher: nn.Module, sae, tokens: mx.array, layer: int) -> mx.array:
+    """``(g @ W_dec) * sae.encode(h)``, shape (B, T, C). Teacher and SAE get no gradient."""
+    check_sae(teacher, sae)
+    h, g = residual_and_grad(teacher, tokens, layer)
+    return mx.stop_gradient((g @ sae.W_dec) * sae.encode(h))
+
+
+def activation_scores(teacher: nn.Module, sae, tokens: mx.array, layer: int) -> mx.array:
+    """Ablation: the SAE's latent activations themselves as label scores, (B, T, C)."""
+    check_sae(teacher, sae)
+    lower, _, _ = split_teacher(teacher, layer)
+    return mx.stop_gradient(sae.encode(lower(tokens)))
+
+
+def concept_labels(scores: mx.array, k_attr: int) -> tuple[mx.array, mx.array]:
+    """Labels = indices of the ``k_attr`` largest scores per position, and a float mask that is
+    0 where a position's scores are all zero (e.g. the last position's attribution)."""
+    labels = topk_indices(scores, k_attr)
+    valid = mx.stop_gradient((scores != 0).any(-1).astype(mx.float32))
+    return labels, valid
+
+
+def concept_loss(concept_logits: mx.array, labels: mx.array, valid: mx.array) -> mx.array:
+    """``mean_i CE(z, label_i)`` averaged over the valid positions."""
+    rows = cross_entropy(concept_logits, labels, reduction="none")
+    return (rows * valid).sum() / mx.maximum(valid.sum(), 1.0)
+
+
+def concept_recall(concept_logits: mx.array, labels: mx.array, valid: mx.array) -> mx.array:
+    """Fraction of the labels found among the predicted top-``k_attr`` concepts (valid rows)."""
+    k = labels.shape[-1]
+    predicted = topk_indices(concept_logits, k)
+    hits = (predicted[..., :, None] == labels[..., None, :]).any(-1).sum(-1) / k
+    return (hits * valid).sum() / mx.maximum(valid.sum(), 1.0)

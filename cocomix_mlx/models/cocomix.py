@@ -1,0 +1,154 @@
+"""CoCoMix language model: GPT-2 plus a concept head whose compressed continuous concept is
+interleaved with the token hidden states (DESIGN §2), and the paper's pause baseline.
+
+Before block ``insert_layer`` (0-based), for the residual ``h`` (B, T, d):
+
+1. ``x, mu, std = standardize(h)``; concept logits ``z = concept_predictor(x - pre_bias)``.
+2. ``z_k`` keeps the top-``concept_num`` raw logits per position and zeros the rest.
+3. continuous concept ``c = (compress_layer(z_k) + pre_bias) * std + mu``.
+4. interleave ``[h_1, c_1, h_2, c_2, ...]`` and run the remaining blocks over 2T slots.
+5. next-token logits come from the concept slots: ``ln_f`` → tied LM head.
+
+Ablations: ``mixing="add"`` adds ``c`` to ``h`` instead of interleaving; ``mixing="none"``
+predicts concepts without mixing them in. ``pause=True`` interleaves one learned vector instead
+of a concept (no concept head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.cache import KVCache
+
+from ..ops import keep_topk, standardize, topk_indices
+from . import gpt2
+
+MIXINGS = ("interleave", "add", "none")
+
+
+@dataclass
+class ModelArgs(gpt2.ModelArgs):
+    concept_dim: int = 32768
+    concept_num: int = 32
+    insert_layer: int = 5
+    mixing: str = "interleave"
+    pause: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.insert_layer < self.n_layer:
+            raise ValueError(f"insert_layer={self.insert_layer} must be in 0..{self.n_layer - 1}")
+        if self.mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {', '.join(MIXINGS)}, not {self.mixing!r}")
+        if not self.pause and not 0 < self.concept_num <= self.concept_dim:
+            raise ValueError(f"concept_num={self.concept_num} must be in 1..{self.concept_dim}")
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> "ModelArgs":
+        """Accept a checkpoint ``config.json``: GPT-2 fields plus a ``cocomix`` block."""
+        return super().from_dict({**params, **(params.get("cocomix") or {})})
+
+    def cocomix_block(self) -> dict[str, Any]:
+        return {"concept_dim": self.concept_dim, "concept_num": self.concept_num,
+                "insert_layer": self.insert_layer, "mixing": self.mixing, "pause": self.pause}
+
+
+def interleave(h: mx.array, c: mx.array) -> mx.array:
+    """``[h_1, c_1, h_2, c_2, ...]``: (B, T, d) × 2 → (B, 2T, d)."""
+    B, T, d = h.shape
+    return mx.stack([h, mx.broadcast_to(c, h.shape)], axis=2).reshape(B, 2 * T, d)
+
+
+def concept_slots(h: mx.array) -> mx.array:
+    """The odd slots 1, 3, 5, ... of an interleaved (B, 2T, d) sequence."""
+    B, T2, d = h.shape
+    return h.reshape(B, T2 // 2, 2, d)[:, :, 1]
+
+
+class Model(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model_type = args.model_type
+        self.model = gpt2.GPT2Model(args)
+        d = args.n_embd
+        if args.pause:
+            self.pause = mx.zeros((d,))
+        else:
+            self.pre_bias = mx.zeros((d,))
+            self.concept_predictor = nn.Linear(d, args.concept_dim)
+            self.compress_layer = nn.Linear(args.concept_dim, d)
+        self.steering: Optional[tuple[mx.array, mx.array]] = None
+
+    @property
+    def interleaves(self) -> bool:
+        return self.args.pause or self.args.mixing == "interleave"
+
+    # ---- DESIGN §2 steps 1-3 ----------------------------------------------------------------
+    def predict_concepts(self, h: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """Step 1: concept logits ``z`` (B, T, C) of the residual ``h``, with ``mu`` and ``std``."""
+        x, mu, std = standardize(h)
+        return self.concept_predictor(x - self.pre_bias), mu, std
+
+    def select_concepts(self, z: mx.array) -> mx.array:
+        """Step 2: keep the top-k raw concept logits, zero the rest (after any steering)."""
+        k = self.args.concept_num
+        if self.steering is None:
+            return keep_topk(z, k)
+        index, alpha = self.steering
+        z = z * mx.ones((z.shape[-1],), z.dtype).at[index].multiply(alpha)
+        boost = mx.zeros((z.shape[-1],), z.dtype).at[index].add(mx.where(alpha > 0, mx.inf, 0))
+        idx = topk_indices(z + boost, k)
+        return mx.put_along_axis(mx.zeros_like(z), idx, mx.take_along_axis(z, idx, -1), -1)
+
+    def compress(self, z_k: mx.array, mu: mx.array, std: mx.array) -> mx.array:
+        """Step 3: the continuous concept, de-standardized into the residual's scale."""
+        return (self.compress_layer(z_k) + self.pre_bias) * std + mu
+
+    # ---- forward ------------------------------------------------------------------------------
+    def _token_offset(self, cache) -> int:
+        offset = gpt2.cache_offset(cache)
+        return offset // 2 if self.interleaves and self.args.insert_layer == 0 else offset
+
+    def hidden_states(self, inputs: mx.array, cache=None, return_concepts: bool = False):
+        """Final hidden states (B, T, d) after ``ln_f`` (and the concept logits if asked)."""
+        m, a = self.model, self.args
+        h = m.embed(inputs, self._token_offset(cache))
+        h = m.run_blocks(h, 0, a.insert_layer, cache)
+        z = None
+        if a.pause:
+            c = self.pause.astype(h.dtype)
+        else:
+            z, mu, std = self.predict_concepts(h)
+            c = self.compress(self.select_concepts(z), mu, std)
+        if self.interleaves:
+            h = interleave(h, c)
+        elif a.mixing == "add":
+            h = h + c
+        h = m.run_blocks(h, a.insert_layer, a.n_layer, cache)
+        if self.interleaves:
+            h = concept_slots(h)
+        h = m.ln_f(h)
+        return (h, z) if return_concepts else h
+
+    def logits(self, h: mx.array) -> mx.array:
+        return self.model.wte.as_linear(h)
+
+    def __call__(self, inputs: mx.array, cache=None, return_concepts: bool = False):
+        h, z = self.hidden_states(inputs, cache, return_concepts=True)
+        logits = self.logits(h)
+        return (logits, z) if return_concepts else logits
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        return {k: v for k, v in weights.items()
+                if not (k.endswith(".attn.bias") or k.endswith(".attn.masked_bias"))}
+
+    @property
+    def layers(self):
+        return self.model.h
+
+    def make_cache(self):
+        return [KVCache() for _ in self.model.h]

@@ -1,0 +1,139 @@
+"""CoCoMix model, attribution labels and joint objective against independent references."""
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten, tree_unflatten
+
+from cocomix_mlx.concepts import attribution, concept_labels, residual_and_grad
+from cocomix_mlx.config import ConceptConfig, ModelConfig
+from cocomix_mlx.models import build_model
+from cocomix_mlx.models.sae import SAEConfig, TopKSAE
+from cocomix_mlx.objectives import cocomix as cocomix_objective
+
+from reference import _blocks, _model_weights, cocomix_logits, layer_norm, standardize
+
+MCFG = dict(vocab_size=61, n_positions=32, n_embd=32, n_layer=4, n_head=4)
+
+
+def randomize(model, seed):
+    rng = np.random.default_rng(seed)
+    norm_w = lambda k: ".ln_" in k and k.endswith(".weight")
+    model.update(tree_unflatten(
+        [(k, mx.array(rng.normal(size=v.shape).astype(np.float32) * 0.2 + norm_w(k)))
+         for k, v in tree_flatten(model.parameters())]))
+    return model
+
+
+def cocomix_model(seed=0, insert=2, k=5, C=48, mixing="interleave"):
+    cc = ConceptConfig(concept_dim=C, concept_num=k, insert_layer=insert, mixing=mixing)
+    return randomize(build_model(ModelConfig(**MCFG), mode="cocomix", concept=cc), seed)
+
+
+def weights_np(model):
+    return {k: np.array(v) for k, v in tree_flatten(model.parameters())}
+
+
+@pytest.mark.parametrize("insert", [0, 2, 3])
+def test_forward_matches_numpy(insert):
+    model = cocomix_model(insert=insert)
+    tokens = np.random.default_rng(1).integers(0, 61, (2, 11))
+    logits, z = model(mx.array(tokens), return_concepts=True)
+    ref_logits, ref_z = cocomix_logits(weights_np(model), tokens, 4, 4, insert, 5)
+    np.testing.assert_allclose(np.array(z), ref_z, atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(np.array(logits), ref_logits, atol=5e-5, rtol=1e-4)
+
+
+def test_causality_and_concept_slot_sees_its_token():
+    model = cocomix_model()
+    tokens = np.random.default_rng(2).integers(0, 61, (1, 12))
+    base = np.array(model(mx.array(tokens)))
+    for t in (3, 7):
+        changed = tokens.copy()
+        changed[0, t] = (changed[0, t] + 1) % 61
+        out = np.array(model(mx.array(changed)))
+        np.testing.assert_array_equal(out[0, :t], base[0, :t])
+        assert np.abs(out[0, t] - base[0, t]).max() > 1e-4  # slot c_t sees token t
+
+
+def test_cached_decoding_equals_full_forward():
+    for insert in (0, 2):
+        model = cocomix_model(insert=insert)
+        tokens = mx.array(np.random.default_rng(3).integers(0, 61, (2, 9)))
+        full = model(tokens)
+        cache = model.make_cache()
+        parts = [model(tokens[:, :5], cache)] + [model(tokens[:, i:i + 1], cache) for i in range(5, 9)]
+        assert mx.abs(mx.concatenate(parts, 1) - full).max().item() < 1e-4
+
+
+def teacher_and_sae(seed=4, C=40, k=6):
+    teacher = randomize(build_model(ModelConfig(**MCFG)), seed)
+    sae = TopKSAE(SAEConfig(d=32, latents=C, k=k))
+    rng = np.random.default_rng(seed)
+    sae.update(tree_unflatten([(n, mx.array(rng.normal(size=v.shape).astype(np.float32) * 0.3))
+                               for n, v in tree_flatten(sae.parameters())]))
+    sae.latent_bias = mx.ones((C,))
+    return teacher, sae
+
+
+def np_teacher_loss(w, h, tokens, layer):
+    x = _blocks(h, w, layer + 1, 4, 4, 1e-5)
+    logits = layer_norm(x, w["ln_f.weight"], w["ln_f.bias"]) @ w["wte.weight"].T
+    logits = logits[:, :-1]
+    lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    picked = np.take_along_axis(logits, tokens[:, 1:, None], -1)[..., 0]
+    return (lse - picked).mean()
+
+
+def test_attribution_matches_finite_differences():
+    teacher, sae = teacher_and_sae()
+    tokens = np.random.default_rng(5).integers(0, 61, (1, 6))
+    layer = 1
+    w = _model_weights(weights_np(teacher))
+    h = w["wte.weight"][tokens] + w["wpe.weight"][:6]
+    h = _blocks(h, w, 0, layer + 1, 4, 1e-5)
+    g = np.zeros_like(h)
+    eps = 1e-5
+    for idx in np.ndindex(*h.shape):
+        d = np.zeros_like(h)
+        d[idx] = eps
+        g[idx] = (np_teacher_loss(w, h + d, tokens, layer) - np_teacher_loss(w, h - d, tokens, layer)) / (2 * eps)
+    assert np.abs(g[:, -1]).max() == 0  # the last position is not in the loss
+    p = {n: np.array(v).astype(np.float64) for n, v in tree_flatten(sae.parameters())}
+    x, mu, std = standardize(h)
+    pre = (x - p["pre_bias"]) @ p["encoder.weight"].T + p["latent_bias"]
+    keep = np.argsort(-pre, -1)[..., :6]
+    z = np.zeros_like(pre)
+    np.put_along_axis(z, keep, np.maximum(np.take_along_axis(pre, keep, -1), 0), -1)
+    ref = (g @ p["decoder.weight"]) * z
+    ours = np.array(attribution(teacher, sae, mx.array(tokens), layer))
+    h_ours, _ = residual_and_grad(teacher, mx.array(tokens), layer)
+    np.testing.assert_allclose(np.array(h_ours), h, atol=1e-4)
+    np.testing.assert_allclose(ours, ref, atol=1e-5 * max(1, np.abs(ref).max()), rtol=1e-3)
+    labels, valid = concept_labels(mx.array(ours), 4)
+    assert np.array(valid).tolist() == [[1, 1, 1, 1, 1, 0]]
+    picked = np.sort(np.take_along_axis(ours, np.array(labels), -1), -1)
+    np.testing.assert_array_equal(picked, np.sort(ours, -1)[..., -4:])  # the 4 largest (ties aside)
+
+
+def test_gradients_reach_predictor_through_kept_entries_and_concept_loss():
+    model = cocomix_model(k=3, C=48)
+    tokens = mx.array(np.random.default_rng(6).integers(0, 61, (2, 8)))
+    targets = mx.array(np.random.default_rng(7).integers(0, 61, (2, 8)))
+    _, z = model(tokens, return_concepts=True)
+    kept = np.zeros(48, bool)
+    kept[np.unique(np.argsort(-np.array(z), -1)[..., :3])] = True
+    assert not kept.all()
+    ntp_only = cocomix_objective(None, None, ConceptConfig(lam=0.0))
+    grads = nn.value_and_grad(model, lambda m, x, y: ntp_only(m, x, y)[0])(model, tokens, targets)[1]
+    gb = np.array(grads["concept_predictor"]["bias"])
+    assert (gb[~kept] == 0).all() and (np.abs(gb[kept]) > 0).all()
+    teacher, sae = teacher_and_sae(C=48, k=6)
+    joint = cocomix_objective(teacher, sae, ConceptConfig(sae_layer=1, lam=0.1, k_attr=4))
+    (loss, metrics), grads = nn.value_and_grad(model, joint)(model, tokens, targets)
+    gb = np.array(grads["concept_predictor"]["bias"])
+    assert (np.abs(gb[~kept]) > 0).all()  # the concept loss reaches every logit
+    assert {"ntp_loss", "concept_loss", "concept_recall"} <= metrics.keys()
+    np.testing.assert_allclose(loss.item(), (metrics["ntp_loss"] + 0.1 * metrics["concept_loss"]).item(),
+                               rtol=1e-6)
