@@ -57,10 +57,15 @@ def pretrain(
         if value is not None:
             setattr(cfg.concept, key, str(value) if isinstance(value, Path) else value)
     meta = load_meta(data)
-    if cfg.concept.sae and not resume and not any("concept_dim" in a for a in ctx.args):
+    if cfg.concept.sae and not resume:
         from cocomix_mlx.models.sae import load_sae
 
-        cfg.concept.concept_dim = load_sae(cfg.concept.sae).cfg.latents
+        sae_cfg = load_sae(cfg.concept.sae).cfg  # defaults follow the SAE
+        if not any("concept_dim" in a for a in ctx.args):
+            cfg.concept.concept_dim = sae_cfg.latents
+        if sae_layer is None and sae_cfg.layer is not None and \
+                not any("sae_layer" in a.replace("-", "_") for a in ctx.args):
+            cfg.concept.sae_layer = sae_cfg.layer
     explicit_vocab = config is not None or any("vocab" in a for a in ctx.args)
     if not resume and not explicit_vocab:
         cfg.model.vocab_size = meta["vocab_size"]

@@ -30,3 +30,17 @@ def cocomix(*args, cwd=None):
 
     return subprocess.run([sys.executable, "-m", "cocomix_mlx.cli.app", *map(str, args)],
                           capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def mobydick_data(tmp_path_factory):
+    """Moby-Dick (600k characters) with a 1024-token sentencepiece vocabulary, 5% validation."""
+    from cocomix_mlx.data import prepare
+    from cocomix_mlx.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("moby")
+    text_path = root / "mobydick.txt"
+    text_path.write_text(corpus_text("mobydick.txt.gz", 600_000), encoding="utf-8")
+    train_tokenizer([str(text_path)], 1024, str(root / "tok"))
+    prepare([str(text_path)], str(root / "tok"), str(root / "data"), val_fraction=0.05)
+    return root / "data"

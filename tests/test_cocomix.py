@@ -137,3 +137,102 @@ def test_gradients_reach_predictor_through_kept_entries_and_concept_loss():
     assert {"ntp_loss", "concept_loss", "concept_recall"} <= metrics.keys()
     np.testing.assert_allclose(loss.item(), (metrics["ntp_loss"] + 0.1 * metrics["concept_loss"]).item(),
                                rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def teacher_and_sae_dirs(mobydick_data, tmp_path_factory):
+    from cocomix_mlx.models.sae import save_sae
+
+    from test_train import make_trainer, small_config
+
+    root = tmp_path_factory.mktemp("teacher")
+    make_trainer(small_config(150, eval_every=0, save_every=150, lr=1e-2), mobydick_data,
+                 root / "teacher").train()
+    sae = TopKSAE(SAEConfig(d=64, latents=256, k=16, layer=0))
+    w = mx.random.normal((64, 256), key=mx.random.key(0))
+    w = w / mx.linalg.norm(w, axis=0, keepdims=True)
+    sae.decoder.weight, sae.encoder.weight = w, w.T
+    (root / "sae").mkdir()
+    save_sae(sae, root / "sae")
+    return root / "teacher", root / "sae"
+
+
+def cocomix_config(steps, teacher, sae, **train):
+    from test_train import small_config
+
+    cfg = small_config(steps, **train)
+    cfg.train.mode = "cocomix"
+    c = cfg.concept
+    c.concept_dim, c.concept_num, c.insert_layer, c.k_attr = 256, 8, 1, 4
+    c.teacher, c.sae, c.sae_layer = str(teacher), str(sae), 0
+    return cfg
+
+
+def test_cocomix_run_learns_loads_and_resumes(mobydick_data, teacher_and_sae_dirs, tmp_path):
+    import json
+
+    import cocomix_mlx as cm
+    from cocomix_mlx.models import cocomix as cocomix_module
+
+    from test_train import assert_resume_is_bit_exact, make_trainer
+
+    teacher, sae = teacher_and_sae_dirs
+    trainer = make_trainer(cocomix_config(200, teacher, sae, eval_every=200, save_every=200, lr=1e-2),
+                           mobydick_data, tmp_path / "run")
+    last = trainer.train()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "concept_loss" in r and "val_loss" not in r]
+    first = lambda key: np.mean([r[key] for r in steps[:10]])
+    final = lambda key: np.mean([r[key] for r in steps[-10:]])
+    assert final("concept_loss") < first("concept_loss") - 1.0
+    assert final("ntp_loss") < first("ntp_loss") - 0.5
+    assert final("concept_recall") > first("concept_recall")
+    assert "val_concept_loss" in last
+    model, tokenizer = cm.load(tmp_path / "run")
+    assert isinstance(model, cocomix_module.Model) and model.args.insert_layer == 1
+    tokens = mx.array([tokenizer.encode("Call me Ishmael.")])
+    trainer.model.eval()
+    assert mx.array_equal(model(tokens), trainer.model(tokens))
+
+    assert_resume_is_bit_exact(lambda: cocomix_config(6, teacher, sae, save_every=3, eval_every=3),
+                               mobydick_data, tmp_path / "resume")
+
+
+def test_cli_modes_and_one_line_errors(mobydick_data, teacher_and_sae_dirs, tmp_path):
+    from cocomix_mlx.models.sae import save_sae
+
+    from conftest import cocomix
+
+    teacher, sae = teacher_and_sae_dirs
+    small = ["--steps", "2", "--n-embd", "64", "--n-layer", "2", "--n-head", "4", "--seq-len", "32",
+             "--batch-size", "4", "--save-every", "2", "--eval-every", "2", "--eval-batches", "1"]
+    base = ["pretrain", "--data", mobydick_data, "--teacher", teacher]
+    r = cocomix(*base, "--mode", "cocomix", "--sae", sae, "--sae-layer", "0", "--out",
+                tmp_path / "c", "--insert-layer", "1", *small)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "c" / "config.json").read_text().count('"concept_dim": 256') == 1
+    for mode in ("kd", "pause"):
+        r = cocomix(*base, "--mode", mode, "--out", tmp_path / mode, "--insert-layer", "1", *small)
+        assert r.returncode == 0, (mode, r.stderr)
+    narrow = tmp_path / "narrow_sae"
+    narrow.mkdir()
+    save_sae(TopKSAE(SAEConfig(d=32, latents=64, k=8)), narrow)
+    other_tok = tmp_path / "other"
+    (tmp_path / "t.txt").write_text("A different tokenizer for the same words. " * 200)
+    assert cocomix("tokenizer", "train", tmp_path / "t.txt", "--vocab-size", "300", "--out",
+                   other_tok).returncode == 0
+    assert cocomix("data", "prepare", tmp_path / "t.txt", "--tokenizer", other_tok, "--out",
+                   tmp_path / "other_data").returncode == 0
+    cases = [
+        ([*base, "--mode", "cocomix", "--sae", sae, "--insert-layer", "7"], "insert_layer"),
+        ([*base, "--mode", "cocomix", "--sae", narrow], "width"),
+        ([*base, "--mode", "cocomix", "--sae", sae, "--sae-layer", "5"], "out of range"),
+        (["pretrain", "--data", tmp_path / "other_data", "--teacher", teacher, "--mode", "kd"],
+         "tokenizer"),
+        ([*base, "--mode", "cocomix"], "--sae"),
+    ]
+    for i, (args, needle) in enumerate(cases):
+        r = cocomix(*args, "--out", tmp_path / f"bad{i}", *small)
+        lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and needle in r.stderr, (args, r.stderr)
+        assert not (tmp_path / f"bad{i}").exists()

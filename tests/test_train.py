@@ -10,23 +10,11 @@ import pytest
 
 from cocomix_mlx.checkpoint import load
 from cocomix_mlx.config import preset
-from cocomix_mlx.data import prepare
 from cocomix_mlx.models import build_model
-from cocomix_mlx.objectives import get_objective
-from cocomix_mlx.tokenizer import train_tokenizer
+from cocomix_mlx.objectives import build_objective
 from cocomix_mlx.trainer import Trainer
 
-from conftest import cocomix, corpus_text
-
-
-@pytest.fixture(scope="module")
-def mobydick_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("moby")
-    text_path = root / "mobydick.txt"
-    text_path.write_text(corpus_text("mobydick.txt.gz", 600_000), encoding="utf-8")
-    train_tokenizer([str(text_path)], 1024, str(root / "tok"))
-    prepare([str(text_path)], str(root / "tok"), str(root / "data"), val_fraction=0.05)
-    return root / "data"
+from conftest import cocomix
 
 
 def small_config(steps, **train):
@@ -41,7 +29,8 @@ def small_config(steps, **train):
 
 
 def make_trainer(cfg, data, out):
-    return Trainer(cfg, build_model(cfg.model, seed=cfg.train.seed), get_objective("ntp"), data, out)
+    model = build_model(cfg.model, seed=cfg.train.seed, mode=cfg.train.mode, concept=cfg.concept)
+    return Trainer(cfg, model, build_objective(cfg), data, out)
 
 
 def unigram_entropy(data_dir):
@@ -70,14 +59,9 @@ class Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("grad_accum,dropout", [(1, 0.0), (2, 0.1)])
-def test_resume_is_bit_exact(mobydick_data, tmp_path, grad_accum, dropout):
-    def config():
-        cfg = small_config(6, save_every=3, eval_every=3, grad_accum=grad_accum)
-        cfg.model.dropout = dropout
-        return cfg
-
-    make_trainer(config(), mobydick_data, tmp_path / "full").train()
+def assert_resume_is_bit_exact(config, data, tmp_path):
+    """Stop after the save at step 3 of 6, resume, and compare every loss with a straight run."""
+    make_trainer(config(), data, tmp_path / "full").train()
     full = read_losses(tmp_path / "full")
 
     def stop_after_save(event, info):
@@ -85,8 +69,8 @@ def test_resume_is_bit_exact(mobydick_data, tmp_path, grad_accum, dropout):
             raise Stop
 
     with pytest.raises(Stop):
-        make_trainer(config(), mobydick_data, tmp_path / "part").train(stop_after_save)
-    resumed = make_trainer(config(), mobydick_data, tmp_path / "part")
+        make_trainer(config(), data, tmp_path / "part").train(stop_after_save)
+    resumed = make_trainer(config(), data, tmp_path / "part")
     resumed.resume()
     assert resumed.state.step == 3
     resumed.train()
@@ -94,6 +78,16 @@ def test_resume_is_bit_exact(mobydick_data, tmp_path, grad_accum, dropout):
     assert sorted(part) == sorted(full) == list(range(1, 7))
     for step in range(1, 7):
         assert part[step] == full[step], (step, part[step], full[step])
+
+
+@pytest.mark.parametrize("grad_accum,dropout", [(1, 0.0), (2, 0.1)])
+def test_resume_is_bit_exact(mobydick_data, tmp_path, grad_accum, dropout):
+    def config():
+        cfg = small_config(6, save_every=3, eval_every=3, grad_accum=grad_accum)
+        cfg.model.dropout = dropout
+        return cfg
+
+    assert_resume_is_bit_exact(config, mobydick_data, tmp_path)
 
 
 def test_checkpoint_loads_in_mlx_lm_with_same_greedy_tokens(mobydick_data, tmp_path):
