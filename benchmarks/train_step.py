@@ -21,14 +21,16 @@ import mlx.core as mx
 import numpy as np
 
 from cocomix_mlx.backend import BLAS, device_name, matmul_gflops
-from cocomix_mlx.config import ModelConfig, TrainConfig
+from cocomix_mlx import objectives
+from cocomix_mlx.config import ConceptConfig, ModelConfig, TrainConfig
 from cocomix_mlx.models import build_model
-from cocomix_mlx.objectives import get_objective
+from cocomix_mlx.models.sae import SAEConfig, TopKSAE
 from cocomix_mlx.trainer import compile_steps, make_optimizer
 
 CONFIGS = {
     "d256": dict(model=dict(n_embd=256, n_layer=6, n_head=8, vocab_size=8192, n_positions=256),
-                 batch_size=8, seq_len=256),
+                 batch_size=8, seq_len=256,
+                 concept=dict(concept_dim=4096, concept_num=32, insert_layer=3, sae_layer=3)),
     "d512": dict(model=dict(n_embd=512, n_layer=8, n_head=8, vocab_size=8192, n_positions=512),
                  batch_size=4, seq_len=512),
 }
@@ -40,14 +42,30 @@ def step_flops(mcfg: ModelConfig, seq_len: int) -> float:
     return 6 * n + 12 * L * seq_len * d
 
 
+def make_objective(mode: str, mcfg: ModelConfig, concept: ConceptConfig):
+    """The objective of ``mode`` with a random teacher of the student's shape and a random SAE."""
+    if mode in ("ntp", "pause"):
+        return objectives.ntp
+    teacher = build_model(mcfg, seed=1)
+    teacher.eval()
+    teacher.freeze()
+    if mode == "kd":
+        return objectives.kd(teacher, concept.kd_weight)
+    sae = TopKSAE(SAEConfig(d=mcfg.n_embd, latents=concept.concept_dim, k=32))
+    sae.encoder.weight = sae.decoder.weight.T
+    sae.freeze()
+    return objectives.cocomix(teacher, sae, concept)
+
+
 def run(name: str, spec: dict, steps: int, mode: str, peak: float) -> dict:
     mcfg = ModelConfig(**spec["model"])
     tcfg = TrainConfig(batch_size=spec["batch_size"], seq_len=spec["seq_len"], steps=1000,
                        mode=mode)
-    model = build_model(mcfg)
+    concept = ConceptConfig(**spec.get("concept", {}))
+    model = build_model(mcfg, mode=mode, concept=concept)
     optimizer = make_optimizer(tcfg)
     optimizer.init(model.trainable_parameters())
-    fns = compile_steps(model, get_objective(mode), optimizer, tcfg)
+    fns = compile_steps(model, make_objective(mode, mcfg, concept), optimizer, tcfg)
     rng = np.random.default_rng(0)
     shape = (tcfg.batch_size, tcfg.seq_len)
     x = mx.array(rng.integers(0, mcfg.vocab_size, shape, dtype=np.int32))

@@ -14,7 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .errors import ConfigError
-from .ops import cross_entropy, topk_indices
+from .ops import cross_entropy, kth_largest, topk_indices
 
 Stage = Callable[[mx.array], mx.array]
 
@@ -124,6 +124,6 @@ def concept_loss(concept_logits: mx.array, labels: mx.array, valid: mx.array) ->
 def concept_recall(concept_logits: mx.array, labels: mx.array, valid: mx.array) -> mx.array:
     """Fraction of the labels found among the predicted top-``k_attr`` concepts (valid rows)."""
     k = labels.shape[-1]
-    predicted = topk_indices(concept_logits, k)
-    hits = (predicted[..., :, None] == labels[..., None, :]).any(-1).sum(-1) / k
+    hits = (mx.take_along_axis(concept_logits, labels, -1) >= kth_largest(concept_logits, k))
+    hits = hits.sum(-1) / k
     return (hits * valid).sum() / mx.maximum(valid.sum(), 1.0)

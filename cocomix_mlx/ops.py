@@ -53,8 +53,29 @@ def standardize(h: mx.array, eps: float = 1e-5) -> tuple[mx.array, mx.array, mx.
 
 
 def topk_indices(z: mx.array, k: int) -> mx.array:
-    """Indices of the ``k`` largest entries of ``z`` along the last axis (unordered, no grad)."""
-    return mx.stop_gradient(mx.argpartition(-z, kth=k - 1, axis=-1)[..., :k])
+    """Indices of the ``k`` largest entries of ``z`` along the last axis (unordered, no grad).
+
+    On the CPU the rows are partitioned on :func:`parallel_streams` (the partition is a scalar
+    loop per row, so two threads halve it).
+    """
+    z = mx.stop_gradient(z)
+    streams = parallel_streams()
+    rows = z.reshape(-1, z.shape[-1])
+    n = rows.shape[0]
+    if len(streams) < 2 or n < 64:
+        return mx.argpartition(-z, kth=k - 1, axis=-1)[..., :k]
+    step = -(-n // len(streams))
+    parts = []
+    for i, stream in enumerate(streams):
+        with mx.stream(stream):
+            part = rows[i * step:(i + 1) * step]
+            parts.append(mx.argpartition(-part, kth=k - 1, axis=-1)[:, :k])
+    return mx.concatenate(parts).reshape(*z.shape[:-1], k)
+
+
+def kth_largest(z: mx.array, k: int) -> mx.array:
+    """The ``k``-th largest value of ``z`` along the last axis (keepdims, no grad)."""
+    return mx.stop_gradient(mx.topk(mx.stop_gradient(z), k, axis=-1).min(-1, keepdims=True))
 
 
 def keep_topk(z: mx.array, k: int, relu: bool = False) -> mx.array:
@@ -67,6 +88,27 @@ def keep_topk(z: mx.array, k: int, relu: bool = False) -> mx.array:
     if relu:
         values = mx.maximum(values, 0)
     return mx.put_along_axis(mx.zeros_like(z), idx, values, -1)
+
+
+def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float,
+                     chunks: int = 8) -> mx.array:
+    """Causal scaled dot-product attention of (B, H, T, D) queries over as many keys.
+
+    On the CPU the queries are cut into ``chunks`` blocks; block i attends only to the keys up
+    to its own end (bottom-right aligned causal mask), so the masked upper triangle is mostly
+    never computed, and the blocks run on :func:`parallel_streams` in balanced pairs.
+    """
+    T = q.shape[2]
+    streams = parallel_streams()
+    if len(streams) < 2 or T < 128 or T % chunks or k.shape[2] != T:
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
+    size, outs = T // chunks, []
+    for i in range(chunks):
+        with mx.stream(streams[min(i, chunks - 1 - i) % 2]):
+            end = (i + 1) * size
+            outs.append(mx.fast.scaled_dot_product_attention(
+                q[:, :, i * size:end], k[:, :, :end], v[:, :, :end], scale=scale, mask="causal"))
+    return mx.concatenate(outs, axis=2)
 
 
 def _as_columns(targets: mx.array) -> mx.array:

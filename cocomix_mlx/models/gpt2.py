@@ -16,7 +16,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.models.base import BaseModelArgs
 from mlx_lm.models.cache import KVCache
 
-from ..ops import gelu_tanh
+from ..ops import causal_attention, gelu_tanh
 
 
 @dataclass
@@ -58,6 +58,8 @@ class Attention(nn.Module):
             k, v = cache.update_and_fetch(k, v)
         if self.training and self.attn_pdrop > 0:
             out = self._explicit_attention(q, k, v, mask)
+        elif cache is None and isinstance(mask, str) and mask == "causal":
+            out = causal_attention(q, k, v, self.scale)
         else:
             out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         return self.c_proj(out.transpose(0, 2, 1, 3).reshape(B, L, D))
