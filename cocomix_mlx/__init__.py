@@ -1,6 +1,8 @@
 """CoCoMix in MLX. Importing this package first sets up the backend (a fast BLAS on Linux)."""
 
 from . import backend  # noqa: F401  (must run before anything imports mlx)
+from . import concepts  # noqa: E402
+from .generate import generate  # noqa: E402  (the function; the module stays cocomix_mlx.generate)
 from .errors import CocomixError
 
 __version__ = "0.1.0"
@@ -20,4 +22,4 @@ def load_sae(path):
     return _load_sae(path)
 
 
-__all__ = ["CocomixError", "load", "load_sae", "__version__"]
+__all__ = ["CocomixError", "concepts", "generate", "load", "load_sae", "__version__"]

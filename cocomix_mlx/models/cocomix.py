@@ -30,6 +30,16 @@ MIXINGS = ("interleave", "add", "none")
 
 
 @dataclass
+class Steering:
+    """Multiply concept logits ``index`` by ``alpha`` at token positions ``start <= t < end``."""
+
+    index: mx.array  # (n,) int
+    alpha: mx.array  # (n,) float
+    start: int = 0
+    end: int = 2**31 - 1
+
+
+@dataclass
 class ModelArgs(gpt2.ModelArgs):
     concept_dim: int = 32768
     concept_num: int = 32
@@ -81,7 +91,7 @@ class Model(nn.Module):
             self.pre_bias = mx.zeros((d,))
             self.concept_predictor = nn.Linear(d, args.concept_dim)
             self.compress_layer = nn.Linear(args.concept_dim, d)
-        self.steering: Optional[tuple[mx.array, mx.array]] = None
+        self.steering: Optional[Steering] = None
 
     @property
     def interleaves(self) -> bool:
@@ -93,15 +103,26 @@ class Model(nn.Module):
         x, mu, std = standardize(h)
         return self.concept_predictor(x - self.pre_bias), mu, std
 
-    def select_concepts(self, z: mx.array) -> mx.array:
-        """Step 2: keep the top-k raw concept logits, zero the rest (after any steering)."""
+    def select_concepts(self, z: mx.array, positions: Optional[mx.array] = None) -> mx.array:
+        """Step 2: keep the top-k raw concept logits, zero the rest.
+
+        With :attr:`steering` set (``Steering``), the chosen concepts' logits are multiplied by
+        their factors at the steered positions, and a boosted concept (factor > 0) is forced
+        into the top-k there.
+        """
         k = self.args.concept_num
         if self.steering is None:
             return keep_topk(z, k)
-        index, alpha = self.steering
-        z = z * mx.ones((z.shape[-1],), z.dtype).at[index].multiply(alpha)
-        boost = mx.zeros((z.shape[-1],), z.dtype).at[index].add(mx.where(alpha > 0, mx.inf, 0))
-        idx = topk_indices(z + boost, k)
+        st = self.steering
+        C = z.shape[-1]
+        scale = mx.ones((C,), z.dtype).at[st.index].multiply(st.alpha.astype(z.dtype))
+        force = mx.zeros((C,), z.dtype).at[st.index].add(
+            mx.where(st.alpha > 0, mx.inf, 0).astype(z.dtype))
+        if positions is None:
+            positions = mx.arange(z.shape[-2])
+        active = ((positions >= st.start) & (positions < st.end))[:, None]
+        z = mx.where(active, z * scale, z)
+        idx = topk_indices(mx.where(active, z + force, z), k)
         return mx.put_along_axis(mx.zeros_like(z), idx, mx.take_along_axis(z, idx, -1), -1)
 
     def compress(self, z_k: mx.array, mu: mx.array, std: mx.array) -> mx.array:
@@ -116,14 +137,16 @@ class Model(nn.Module):
     def hidden_states(self, inputs: mx.array, cache=None, return_concepts: bool = False):
         """Final hidden states (B, T, d) after ``ln_f`` (and the concept logits if asked)."""
         m, a = self.model, self.args
-        h = m.embed(inputs, self._token_offset(cache))
+        offset = self._token_offset(cache)
+        h = m.embed(inputs, offset)
         h = m.run_blocks(h, 0, a.insert_layer, cache)
         z = None
         if a.pause:
             c = self.pause.astype(h.dtype)
         else:
             z, mu, std = self.predict_concepts(h)
-            c = self.compress(self.select_concepts(z), mu, std)
+            positions = mx.arange(offset, offset + inputs.shape[1])
+            c = self.compress(self.select_concepts(z, positions), mu, std)
         if self.interleaves:
             h = interleave(h, c)
         elif a.mixing == "add":

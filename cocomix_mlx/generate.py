@@ -1,0 +1,111 @@
+"""Text generation with a KV cache, for NTP, CoCoMix and converted checkpoints, with concept
+steering (paper §3.2): the predicted logit of a chosen concept is multiplied by a factor in
+[-10, 10] before the TopK, and a boosted concept is forced into the TopK.
+
+Sampling and logits processing are mlx-lm's (``make_sampler``, ``make_logits_processors``,
+``stream_generate``).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .errors import ConfigError
+
+SPANS = ("all", "prompt", "generated")
+MAX_ALPHA = 10.0
+
+
+def parse_steer(items: list[str]) -> dict[str, float]:
+    """``["12=4", "whale=-2"]`` → ``{"12": 4.0, "whale": -2.0}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.rpartition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            key = ""
+        if not sep or not key.strip():
+            raise ConfigError(f"--steer expects CONCEPT=ALPHA (e.g. 123=4), not {item!r}")
+    return out
+
+
+def resolve_steer(model: nn.Module, steer: dict, names: Optional[dict[str, int]] = None):
+    """Concept indices and factors for ``steer`` ({index or name: alpha}), validated."""
+    if not hasattr(model, "concept_predictor"):
+        raise ConfigError("steering needs a CoCoMix model with a concept head")
+    C = model.args.concept_dim
+    index, alpha = [], []
+    for key, value in steer.items():
+        if isinstance(key, str) and not key.lstrip("-").isdigit():
+            if not names or key not in names:
+                raise ConfigError(f"unknown concept name {key!r}; use an index in 0..{C - 1} or "
+                                  "a name from the concept dictionary")
+            key = names[key]
+        i = int(key)
+        if not 0 <= i < C:
+            raise ConfigError(f"concept index {i} is out of range 0..{C - 1}")
+        if not -MAX_ALPHA <= float(value) <= MAX_ALPHA:
+            raise ConfigError(f"steering factor {value} is outside [-10, 10]")
+        index.append(i)
+        alpha.append(float(value))
+    return mx.array(index, dtype=mx.int32), mx.array(alpha, dtype=mx.float32)
+
+
+@contextmanager
+def steering(model: nn.Module, steer: Optional[dict], prompt_len: int, span: str = "all",
+             names: Optional[dict[str, int]] = None):
+    """Steer ``model`` inside the ``with`` block over ``span`` of the token positions."""
+    if not steer:
+        yield
+        return
+    from .models.cocomix import Steering
+
+    if span not in SPANS:
+        raise ConfigError(f"--span must be one of {', '.join(SPANS)}, not {span!r}")
+    index, alpha = resolve_steer(model, steer, names)
+    start = prompt_len if span == "generated" else 0
+    end = prompt_len if span == "prompt" else 2**31 - 1
+    model.steering = Steering(index, alpha, start, end)
+    try:
+        yield
+    finally:
+        model.steering = None
+
+
+def stream(model: nn.Module, tokenizer, prompt: str | list[int], max_tokens: int = 256,
+           temp: float = 0.0, top_p: float = 0.0, min_p: float = 0.0, top_k: int = 0,
+           repetition_penalty: Optional[float] = None, seed: Optional[int] = None,
+           steer: Optional[dict] = None, span: str = "all",
+           names: Optional[dict[str, int]] = None) -> Iterator:
+    """mlx-lm ``GenerationResponse`` objects, one per generated token."""
+    from mlx_lm.generate import stream_generate
+    from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+    if max_tokens <= 0:
+        raise ConfigError("--max-tokens must be positive")
+    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    if not ids:
+        raise ConfigError("the prompt is empty; give some text")
+    if seed is not None:
+        mx.random.seed(seed)
+    sampler = make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)
+    processors = make_logits_processors(repetition_penalty=repetition_penalty)
+    model.eval()
+    with steering(model, steer, len(ids), span, names):
+        yield from stream_generate(model, tokenizer, mx.array(ids), max_tokens=max_tokens,
+                                   sampler=sampler, logits_processors=processors)
+
+
+def generate(model: nn.Module, tokenizer, prompt: str | list[int], **kwargs) -> str:
+    """The generated continuation of ``prompt`` as text (see :func:`stream` for options)."""
+    return "".join(r.text for r in stream(model, tokenizer, prompt, **kwargs))
+
+
+def generate_tokens(model: nn.Module, tokenizer, prompt, **kwargs) -> list[int]:
+    """The generated token ids (see :func:`stream`)."""
+    return [int(r.token) for r in stream(model, tokenizer, prompt, **kwargs)]
