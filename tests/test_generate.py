@@ -63,3 +63,18 @@ def test_steering_changes_output_and_validates(tok_dir, tmp_path):
             generate_tokens(model, tok, prompt, max_tokens=2, steer=bad)
     with pytest.raises(ConfigError):
         parse_steer(["3"])
+
+
+def test_cli_generate_streams_and_rejects_bad_steering(tok_dir, tmp_path):
+    from conftest import cocomix
+
+    cfg = ModelConfig(vocab_size=320, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    concept = ConceptConfig(concept_dim=64, concept_num=4, insert_layer=1)
+    saved(randomize(build_model(cfg, mode="cocomix", concept=concept), 2), tok_dir, tmp_path / "m")
+    r = cocomix("generate", "--model", tmp_path / "m", "--prompt", "the whale", "-m", "8",
+                "--steer", "5=3")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("the whale") and "generated 8" in r.stdout
+    for steer in ("99=1", "5", "5=20"):
+        r = cocomix("generate", "--model", tmp_path / "m", "--prompt", "the", "--steer", steer)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (steer, r.stderr)

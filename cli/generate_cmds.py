@@ -1,0 +1,43 @@
+"""``cocomix generate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import console
+
+
+def generate(
+    model: Path = typer.Option(..., "--model", help="Checkpoint directory (NTP, CoCoMix, converted)."),
+    prompt: str = typer.Option(..., "--prompt", help="Text to continue."),
+    max_tokens: int = typer.Option(256, "--max-tokens", "-m"),
+    temp: float = typer.Option(0.0, "--temp", help="Sampling temperature (0: greedy)."),
+    top_p: float = typer.Option(0.0, "--top-p"),
+    min_p: float = typer.Option(0.0, "--min-p"),
+    top_k: int = typer.Option(0, "--top-k"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty"),
+    steer: list[str] = typer.Option([], "--steer", help="CONCEPT=ALPHA, repeatable; ALPHA in [-10, 10]."),
+    span: str = typer.Option("all", "--span", help="Steer the prompt, the generated tokens, or all."),
+):
+    """Generate text, optionally steering concepts (CoCoMix models)."""
+    import cocomix_mlx as cm
+    from cocomix_mlx.generate import parse_steer, resolve_steer, stream
+
+    net, tokenizer = cm.load(model)
+    steering = parse_steer(steer)
+    if steering:
+        resolve_steer(net, steering)
+    console.print(prompt, end="", style="bold", highlight=False)
+    last = None
+    for last in stream(net, tokenizer, prompt, max_tokens=max_tokens, temp=temp, top_p=top_p,
+                       min_p=min_p, top_k=top_k, repetition_penalty=repetition_penalty,
+                       seed=seed, steer=steering, span=span):
+        console.print(last.text, end="", highlight=False, markup=False)
+    console.print()
+    if last is not None:
+        console.print(f"[dim]prompt {last.prompt_tokens} tokens at {last.prompt_tps:.0f} tok/s, "
+                      f"generated {last.generation_tokens} at {last.generation_tps:.1f} tok/s[/]")
