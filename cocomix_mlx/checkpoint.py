@@ -106,7 +106,11 @@ def write_model_files(directory: Path, model: nn.Module, tokenizer_dir: str | Pa
     """Write ``config.json``, ``model.safetensors`` and the tokenizer into ``directory``."""
     config = hf_config(model)
     if tokenizer_dir is not None:
+        from .tokenizer import load_tokenizer
+
         copy_tokenizer(tokenizer_dir, directory)
+        eos = load_tokenizer(tokenizer_dir).eos_token_id
+        config.update({"bos_token_id": eos, "eos_token_id": eos})
     config.update(extra_config or {})
     write_json(directory / "config.json", config)
     save_weights(directory / "model.safetensors", model.parameters())
