@@ -21,6 +21,7 @@ app.add_typer(data_cmds.data_app, name="data")
 app.add_typer(data_cmds.eval_app, name="eval")
 app.command("quickstart")(quickstart.quickstart)
 app.command("generate")(generate_cmds.generate)
+app.command("concepts")(generate_cmds.concepts)
 app.command("pretrain", context_settings={"allow_extra_args": True,
                                           "ignore_unknown_options": True})(train_cmds.pretrain)
 

@@ -41,3 +41,33 @@ def generate(
     if last is not None:
         console.print(f"[dim]prompt {last.prompt_tokens} tokens at {last.prompt_tps:.0f} tok/s, "
                       f"generated {last.generation_tokens} at {last.generation_tps:.1f} tok/s[/]")
+
+
+def concepts(
+    text: str = typer.Argument(..., help="Text to inspect."),
+    model: Path = typer.Option(..., "--model", help="A CoCoMix checkpoint directory."),
+    top: int = typer.Option(5, "--top", help="Concepts per token."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Per token, the concepts a CoCoMix model predicts, with their logits."""
+    import json
+
+    from rich.table import Table
+
+    import cocomix_mlx as cm
+    from cocomix_mlx.generate import predicted_concepts
+
+    net, tokenizer = cm.load(model)
+    rows = predicted_concepts(net, tokenizer, text, top)
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(title=f"top {top} predicted concepts per token")
+    table.add_column("#", justify="right")
+    table.add_column("token")
+    table.add_column("concepts (index: logit, label)")
+    for row in rows:
+        cells = ", ".join(f"{c['index']}: {c['logit']:.2f}" + (f" {c['label']}" if c["label"] else "")
+                          for c in row["concepts"])
+        table.add_row(str(row["position"]), repr(row["token"]), cells)
+    console.print(table)

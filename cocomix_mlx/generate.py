@@ -109,3 +109,25 @@ def generate(model: nn.Module, tokenizer, prompt: str | list[int], **kwargs) -> 
 def generate_tokens(model: nn.Module, tokenizer, prompt, **kwargs) -> list[int]:
     """The generated token ids (see :func:`stream`)."""
     return [int(r.token) for r in stream(model, tokenizer, prompt, **kwargs)]
+
+
+def predicted_concepts(model: nn.Module, tokenizer, text: str, top: int = 5,
+                       labels: Optional[dict[int, str]] = None) -> list[dict]:
+    """Per token of ``text``: the ``top`` concepts the model predicts there, with their logits
+    and dictionary labels (when ``labels`` maps indices to names)."""
+    if not hasattr(model, "concept_predictor"):
+        raise ConfigError("concept inspection needs a CoCoMix model with a concept head")
+    ids = tokenizer.encode(text)
+    if not ids:
+        raise ConfigError("the text is empty")
+    model.eval()
+    _, z = model(mx.array([ids]), return_concepts=True)
+    top = min(top, z.shape[-1])
+    order = mx.argsort(-z[0], axis=-1)[:, :top]
+    values = mx.take_along_axis(z[0], order, -1)
+    rows = []
+    for t, (idx_row, val_row) in enumerate(zip(order.tolist(), values.tolist())):
+        rows.append({"position": t, "token": tokenizer.decode([ids[t]]),
+                     "concepts": [{"index": i, "logit": v, "label": (labels or {}).get(i)}
+                                  for i, v in zip(idx_row, val_row)]})
+    return rows

@@ -78,3 +78,22 @@ def test_cli_generate_streams_and_rejects_bad_steering(tok_dir, tmp_path):
     for steer in ("99=1", "5", "5=20"):
         r = cocomix("generate", "--model", tmp_path / "m", "--prompt", "the", "--steer", steer)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (steer, r.stderr)
+
+
+def test_cli_concepts_lists_top_predicted_concepts(tok_dir, tmp_path):
+    import json
+
+    from conftest import cocomix
+
+    cfg = ModelConfig(vocab_size=320, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    concept = ConceptConfig(concept_dim=64, concept_num=4, insert_layer=1)
+    model, tok = saved(randomize(build_model(cfg, mode="cocomix", concept=concept), 3), tok_dir, tmp_path / "m")
+    r = cocomix("concepts", "the whale", "--model", tmp_path / "m", "--top", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    ids = tok.encode("the whale")
+    _, z = model(mx.array([ids]), return_concepts=True)
+    assert len(rows) == len(ids)
+    for t, row in enumerate(rows):
+        assert [c["index"] for c in row["concepts"]] == np.argsort(-np.array(z[0, t]))[:3].tolist()
+    assert cocomix("concepts", "the", "--model", tmp_path / "missing").returncode == 2
