@@ -5,6 +5,7 @@ from __future__ import annotations
 import cocomix_mlx  # noqa: F401  (first: sets up the BLAS before mlx is imported)
 
 import sys
+from pathlib import Path
 
 import typer
 from rich.table import Table
@@ -22,6 +23,16 @@ app.add_typer(data_cmds.eval_app, name="eval")
 app.command("quickstart")(quickstart.quickstart)
 app.command("generate")(generate_cmds.generate)
 app.command("concepts")(generate_cmds.concepts)
+
+
+@app.command()
+def plot(runs: list[Path] = typer.Argument(..., help="Run directories (with metrics.jsonl)."),
+         out: Path = typer.Option(Path("loss.png"), "--out", help=".png, .pdf or .svg"),
+         smooth: int = typer.Option(10, "--smooth", help="Moving average over logged steps.")):
+    """Training and validation loss curves of several runs on one figure."""
+    from cocomix_mlx.plot import plot_runs
+
+    console.print(f"wrote {plot_runs(runs, out, smooth)}")
 app.command("pretrain", context_settings={"allow_extra_args": True,
                                           "ignore_unknown_options": True})(train_cmds.pretrain)
 

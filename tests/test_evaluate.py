@@ -50,3 +50,22 @@ def test_last_word_items_split_paragraphs():
     items = last_word_items(para + "\n\nshort one.\n\n" + para.replace("whale", "sea"), n=5)
     assert [i["target"] for i in items] == [" whale", " sea"]
     assert items[0]["context"].endswith("then the") and not items[0]["context"].endswith(" ")
+
+
+def test_plot_writes_figure_and_rejects_bad_input(tmp_path):
+    from cocomix_mlx.errors import ConfigError
+    from cocomix_mlx.plot import plot_runs, read_metrics
+
+    for name, offset in (("ntp", 0.0), ("cocomix", -0.1)):
+        run = tmp_path / name
+        run.mkdir()
+        rows = [{"step": s, "loss": 6 - s / 50 + offset} for s in range(1, 101)]
+        rows += [{"step": 50, "val_loss": 5.2 + offset}, {"step": 100, "val_loss": 4.5 + offset}]
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert read_metrics(tmp_path / "ntp")["val_loss"] == [(50, 5.2), (100, 4.5)]
+    out = plot_runs([tmp_path / "ntp", tmp_path / "cocomix"], tmp_path / "fig" / "loss.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ConfigError):
+        plot_runs([tmp_path / "ntp"], tmp_path / "loss.txt")
+    with pytest.raises(DataError):
+        plot_runs([tmp_path / "missing"], tmp_path / "x.png")
