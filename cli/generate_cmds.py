@@ -22,6 +22,8 @@ def generate(
     repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty"),
     steer: list[str] = typer.Option([], "--steer", help="CONCEPT=ALPHA, repeatable; ALPHA in [-10, 10]."),
     span: str = typer.Option("all", "--span", help="Steer the prompt, the generated tokens, or all."),
+    sae: Optional[Path] = typer.Option(None, "--sae", help="Steer a plain model through this SAE."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="Block the SAE reads (with --sae)."),
 ):
     """Generate text, optionally steering concepts (CoCoMix models)."""
     import cocomix_mlx as cm
@@ -29,13 +31,14 @@ def generate(
 
     net, tokenizer = cm.load(model)
     steering = parse_steer(steer)
-    if steering:
+    sae_model = cm.load_sae(sae) if sae is not None else None
+    if steering and sae_model is None:
         resolve_steer(net, steering)
     console.print(prompt, end="", style="bold", highlight=False)
     last = None
     for last in stream(net, tokenizer, prompt, max_tokens=max_tokens, temp=temp, top_p=top_p,
                        min_p=min_p, top_k=top_k, repetition_penalty=repetition_penalty,
-                       seed=seed, steer=steering, span=span):
+                       seed=seed, steer=steering, span=span, sae=sae_model, layer=layer):
         console.print(last.text, end="", highlight=False, markup=False)
     console.print()
     if last is not None:

@@ -97,3 +97,30 @@ def test_cli_concepts_lists_top_predicted_concepts(tok_dir, tmp_path):
     for t, row in enumerate(rows):
         assert [c["index"] for c in row["concepts"]] == np.argsort(-np.array(z[0, t]))[:3].tolist()
     assert cocomix("concepts", "the", "--model", tmp_path / "missing").returncode == 2
+
+
+def test_sae_steering_of_a_plain_model(tok_dir, tmp_path):
+    from cocomix_mlx.concepts import split_teacher
+    from cocomix_mlx.generate import sae_steering
+    from cocomix_mlx.models.sae import SAEConfig, TopKSAE
+
+    cfg = ModelConfig(vocab_size=320, n_positions=64, n_embd=32, n_layer=3, n_head=4)
+    model, tok = saved(randomize(build_model(cfg), 7), tok_dir, tmp_path / "m")
+    sae = randomize(TopKSAE(SAEConfig(d=32, latents=48, k=6, layer=1)), 8)
+    tokens = mx.array([tok.encode("the whale and the sea")])
+    lower, upper, head = split_teacher(model, 1)
+    h = lower(tokens)
+    z, (mu, std) = sae.encode(h, return_stats=True)
+    j = int(mx.argmax(z[0, -1]).item())
+    with sae_steering(model, sae, 1, {j: 1.0}, tokens.shape[1]):
+        assert mx.abs(model(tokens) - head(upper(h))).max().item() < 1e-5
+    with sae_steering(model, sae, 1, {j: 3.0}, tokens.shape[1]):
+        steered = model(tokens)
+    expected = head(upper(h + 2.0 * z[..., j:j + 1] * std * sae.W_dec[:, j]))
+    assert mx.abs(steered - expected).max().item() < 1e-4
+    assert mx.abs(model(tokens) - head(upper(h))).max().item() < 1e-5  # block restored
+    prompt = tok.encode("the ship")
+    plain = generate_tokens(model, tok, prompt, max_tokens=16)
+    assert generate_tokens(model, tok, prompt, max_tokens=16, steer={j: -10.0}, sae=sae) != plain
+    with pytest.raises(ConfigError):
+        generate_tokens(model, tok, prompt, max_tokens=2, steer={48: 2.0}, sae=sae)
