@@ -124,3 +124,30 @@ def test_sae_steering_of_a_plain_model(tok_dir, tmp_path):
     assert generate_tokens(model, tok, prompt, max_tokens=16, steer={j: -10.0}, sae=sae) != plain
     with pytest.raises(ConfigError):
         generate_tokens(model, tok, prompt, max_tokens=2, steer={48: 2.0}, sae=sae)
+
+
+def test_boosted_concept_makes_its_promoted_tokens_more_frequent(tok_dir, tmp_path):
+    from cocomix_mlx.generate import steering
+
+    cfg = ModelConfig(vocab_size=320, n_positions=64, n_embd=32, n_layer=3, n_head=4)
+    concept = ConceptConfig(concept_dim=64, concept_num=4, insert_layer=1)
+    model, tok = saved(randomize(build_model(cfg, mode="cocomix", concept=concept), 9), tok_dir, tmp_path / "m")
+    prompt = tok.encode("the captain")
+    x = mx.array([prompt])
+    _, z = model(x, return_concepts=True)
+    j = int(mx.argmin(z[0, -1]).item())
+    plain_logits = model(x)[0, -1]
+    with steering(model, {j: 10.0}, len(prompt)):
+        boosted_logits = model(x)[0, -1]
+    promoted = set(np.argsort(-np.array(boosted_logits - plain_logits))[:16].tolist())
+
+    def frequency(steer):
+        hits = total = 0
+        for seed in range(12):
+            out = generate_tokens(model, tok, prompt, max_tokens=12, temp=1.0, seed=seed, steer=steer)
+            hits += sum(t in promoted for t in out)
+            total += len(out)
+        return hits / total
+
+    plain, boosted = frequency(None), frequency({j: 10.0})
+    assert boosted > 1.5 * plain + 0.02, (plain, boosted)
