@@ -26,6 +26,20 @@ app.command("concepts")(generate_cmds.concepts)
 
 
 @app.command()
+def quantize(src: Path = typer.Argument(..., help="Checkpoint directory."),
+             out: Path = typer.Argument(..., help="Output checkpoint directory."),
+             bits: int = typer.Option(4, "--bits", "-q", help="4 or 8 (also 2, 3, 5, 6)."),
+             group_size: int = typer.Option(64, "--q-group-size", help="32, 64 or 128."),
+             force: bool = typer.Option(False, "--force", help="Replace an existing OUT.")):
+    """Quantize a checkpoint with MLX's affine quantization (concept head included)."""
+    from cocomix_mlx.quantize import quantize_checkpoint
+
+    r = quantize_checkpoint(src, out, bits, group_size, force)
+    console.print(f"{bits}-bit (group {group_size}): {r['bytes_before'] / 2**20:.1f} MB → "
+                  f"{r['bytes_after'] / 2**20:.1f} MB in {out}")
+
+
+@app.command()
 def plot(runs: list[Path] = typer.Argument(..., help="Run directories (with metrics.jsonl)."),
          out: Path = typer.Option(Path("loss.png"), "--out", help=".png, .pdf or .svg"),
          smooth: int = typer.Option(10, "--smooth", help="Moving average over logged steps.")):

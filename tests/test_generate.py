@@ -151,3 +151,26 @@ def test_boosted_concept_makes_its_promoted_tokens_more_frequent(tok_dir, tmp_pa
 
     plain, boosted = frequency(None), frequency({j: 10.0})
     assert boosted > 1.5 * plain + 0.02, (plain, boosted)
+
+
+def test_quantized_cocomix_checkpoint_loads_and_stays_close(tok_dir, tmp_path):
+    import mlx.nn as nn
+
+    from cocomix_mlx.quantize import quantize_checkpoint
+
+    cfg = ModelConfig(vocab_size=320, n_positions=64, n_embd=64, n_layer=2, n_head=4)
+    concept = ConceptConfig(concept_dim=128, concept_num=8, insert_layer=1)
+    model = build_model(cfg, mode="cocomix", concept=concept, seed=3)
+    model, tok = saved(model, tok_dir, tmp_path / "m")
+    tokens = mx.array([tok.encode("the whale and the sea")])
+    ref = model(tokens)
+    for bits, tol in ((8, 0.02), (4, 0.35)):
+        info = quantize_checkpoint(tmp_path / "m", tmp_path / f"q{bits}", bits=bits)
+        assert info["bytes_after"] < info["bytes_before"] / (2.5 if bits == 8 else 4)
+        q, _ = cm.load(tmp_path / f"q{bits}")
+        assert isinstance(q.concept_predictor, nn.QuantizedLinear)
+        assert mx.abs(q(tokens) - ref).max().item() < tol * mx.abs(ref).max().item()
+    with pytest.raises(ConfigError):
+        quantize_checkpoint(tmp_path / "m", tmp_path / "q8", bits=8)
+    with pytest.raises(ConfigError):
+        quantize_checkpoint(tmp_path / "m", tmp_path / "q7", bits=7)

@@ -1,0 +1,55 @@
+"""Quantized checkpoints with MLX's own affine quantization (mlx-lm's ``quantize_model``).
+
+Every Linear and Embedding whose input width is a multiple of the group size is quantized —
+for CoCoMix models the concept predictor and compression layer too. The result is a regular
+checkpoint directory (``config.json`` gains a ``quantization`` block) that ``cocomix_mlx.load``
+and ``mlx_lm.load`` read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+from mlx.utils import tree_flatten
+
+from .checkpoint import atomic_directory, copy_tokenizer, load_model, save_weights, write_json
+from .errors import ConfigError
+
+BITS = (2, 3, 4, 5, 6, 8)
+GROUP_SIZES = (32, 64, 128)
+
+
+def parameter_bytes(model) -> int:
+    return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+
+
+def quantize_checkpoint(src: str | Path, out: str | Path, bits: int = 4, group_size: int = 64,
+                        force: bool = False) -> dict:
+    """Write a ``bits``-bit copy of checkpoint ``src`` to ``out`` (atomically)."""
+    from mlx_lm.utils import quantize_model
+
+    if bits not in BITS:
+        raise ConfigError(f"--bits must be one of {', '.join(map(str, BITS))}, not {bits}")
+    if group_size not in GROUP_SIZES:
+        raise ConfigError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise ConfigError(f"{out} already exists; pass --force or choose another output")
+    model, config = load_model(src)
+    if "quantization" in config:
+        raise ConfigError(f"{src} is already quantized; start from the full-precision checkpoint")
+    before = parameter_bytes(model)
+    with contextlib.redirect_stdout(io.StringIO()):  # mlx-lm reports bits per weight on stdout
+        model, qconfig = quantize_model(model, config, group_size, bits)
+    qconfig.pop("quantization_config", None)
+
+    def write(tmp: Path) -> None:
+        copy_tokenizer(src, tmp)
+        write_json(tmp / "config.json", qconfig)
+        save_weights(tmp / "model.safetensors", model.parameters())
+
+    atomic_directory(out, write)
+    return {"bits": bits, "group_size": group_size, "bytes_before": before,
+            "bytes_after": parameter_bytes(model)}
