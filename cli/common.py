@@ -35,11 +35,14 @@ def byte_progress(description: str):
         yield update
 
 
-def step_progress(total: int, start: int = 0) -> tuple[Progress, int]:
+def step_progress(total: int, start: int = 0,
+                  fields: tuple[str, ...] = ("loss", "speed")) -> tuple[Progress, int]:
+    """A step progress bar showing ``fields`` (``speed`` is shown as tokens/s), with ETA."""
+    shown = [TextColumn("{task.fields[speed]} tok/s") if f == "speed"
+             else TextColumn(f"{f} {{task.fields[{f}]}}") for f in fields]
     columns = [TextColumn("[bold]{task.description}"), BarColumn(),
-               TextColumn("{task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} tok/s"),
+               TextColumn("{task.completed}/{task.total}"), *shown,
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     bar = Progress(*columns, console=err_console, disable=not sys.stderr.isatty())
-    task = bar.add_task("train", total=total, completed=start, loss="-", speed="-")
+    task = bar.add_task("train", total=total, completed=start, **{f: "-" for f in fields})
     return bar, task

@@ -24,6 +24,8 @@ def generate(
     span: str = typer.Option("all", "--span", help="Steer the prompt, the generated tokens, or all."),
     sae: Optional[Path] = typer.Option(None, "--sae", help="Steer a plain model through this SAE."),
     layer: Optional[int] = typer.Option(None, "--layer", help="Block the SAE reads (with --sae)."),
+    dictionary: Optional[Path] = typer.Option(None, "--concepts",
+                                              help="Concept dictionary (`sae describe`) for NAME=ALPHA."),
 ):
     """Generate text, optionally steering concepts (CoCoMix models)."""
     import cocomix_mlx as cm
@@ -31,14 +33,20 @@ def generate(
 
     net, tokenizer = cm.load(model)
     steering = parse_steer(steer)
+    names = None
+    if dictionary is not None:
+        from cocomix_mlx.sae_analysis import concept_names
+
+        names = concept_names(dictionary)
     sae_model = cm.load_sae(sae) if sae is not None else None
     if steering and sae_model is None:
-        resolve_steer(net, steering)
+        resolve_steer(net, steering, names)
     console.print(prompt, end="", style="bold", highlight=False)
     last = None
     for last in stream(net, tokenizer, prompt, max_tokens=max_tokens, temp=temp, top_p=top_p,
                        min_p=min_p, top_k=top_k, repetition_penalty=repetition_penalty,
-                       seed=seed, steer=steering, span=span, sae=sae_model, layer=layer):
+                       seed=seed, steer=steering, span=span, sae=sae_model, layer=layer,
+                       names=names):
         console.print(last.text, end="", highlight=False, markup=False)
     console.print()
     if last is not None:

@@ -24,6 +24,12 @@ def teacher_width(teacher: nn.Module) -> int:
     return getattr(args, "n_embd", None) or args.hidden_size
 
 
+def context_length(model: nn.Module, default: int = 2048) -> int:
+    args = model.args
+    return getattr(args, "n_positions", None) or getattr(args, "max_position_embeddings", None) \
+        or default
+
+
 def teacher_depth(teacher: nn.Module) -> int:
     return len(teacher.layers)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from .checkpoint import load_model
+from .concepts import context_length
 from .data import TokenDataset, check_vocab, load_meta
 from .errors import ConfigError, DataError
 from .ops import head_cross_entropy
@@ -44,11 +45,6 @@ def perplexity(model_dir: str, data_dir: str, seq_len: int = 0, batch_size: int 
     return {"loss": loss, "ppl": math.exp(loss), "tokens": tokens}
 
 
-def _context_limit(model) -> int:
-    return getattr(model.args, "n_positions", None) or \
-        getattr(model.args, "max_position_embeddings", None) or 2048
-
-
 def continuation_logprob(model, context: list[int], continuation: list[int]) -> tuple[float, bool]:
     """Sum of log p(continuation | context) and whether greedy decoding would produce it.
 
@@ -56,7 +52,7 @@ def continuation_logprob(model, context: list[int], continuation: list[int]) -> 
     """
     if not continuation:
         raise DataError("an empty continuation cannot be scored")
-    tokens = (context + continuation)[-(_context_limit(model) + 1):]
+    tokens = (context + continuation)[-(context_length(model) + 1):]
     n = len(continuation)
     if len(tokens) <= n:
         raise DataError("a continuation is longer than the model's context")

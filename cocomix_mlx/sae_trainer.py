@@ -173,8 +173,11 @@ class SAETrainer:
                  out_dir: str | Path, teacher_name: Optional[str] = None):
         from .concepts import teacher_width
 
+        from .concepts import context_length
+
         self.cfg, self.out_dir = cfg, Path(out_dir)
         split_teacher(teacher, cfg.layer)  # validates the layer
+        cfg.seq_len = min(cfg.seq_len, context_length(teacher))
         d = teacher_width(teacher)
         self.k_aux = cfg.auxk or d // 2
         try:

@@ -44,3 +44,13 @@ def mobydick_data(tmp_path_factory):
     train_tokenizer([str(text_path)], 1024, str(root / "tok"))
     prepare([str(text_path)], str(root / "tok"), str(root / "data"), val_fraction=0.05)
     return root / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(mobydick_data, tmp_path_factory):
+    """A d=64, 2-block GPT-2 trained 150 steps on Moby-Dick (a checkpoint directory)."""
+    from test_train import make_trainer, small_config
+
+    out = tmp_path_factory.mktemp("teacher") / "teacher"
+    make_trainer(small_config(150, eval_every=0, save_every=150, lr=1e-2), mobydick_data, out).train()
+    return out

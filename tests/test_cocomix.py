@@ -140,21 +140,16 @@ def test_gradients_reach_predictor_through_kept_entries_and_concept_loss():
 
 
 @pytest.fixture(scope="module")
-def teacher_and_sae_dirs(mobydick_data, tmp_path_factory):
+def teacher_and_sae_dirs(tiny_teacher, tmp_path_factory):
     from cocomix_mlx.models.sae import save_sae
 
-    from test_train import make_trainer, small_config
-
-    root = tmp_path_factory.mktemp("teacher")
-    make_trainer(small_config(150, eval_every=0, save_every=150, lr=1e-2), mobydick_data,
-                 root / "teacher").train()
+    root = tmp_path_factory.mktemp("sae")
     sae = TopKSAE(SAEConfig(d=64, latents=256, k=16, layer=0))
     w = mx.random.normal((64, 256), key=mx.random.key(0))
     w = w / mx.linalg.norm(w, axis=0, keepdims=True)
     sae.decoder.weight, sae.encoder.weight = w, w.T
-    (root / "sae").mkdir()
-    save_sae(sae, root / "sae")
-    return root / "teacher", root / "sae"
+    save_sae(sae, root)
+    return tiny_teacher, root
 
 
 def cocomix_config(steps, teacher, sae, **train):

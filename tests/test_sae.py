@@ -64,3 +64,84 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     assert mx.array_equal(loaded.encode(h), sae.encode(h))
     with pytest.raises(CheckpointError, match="no SAE"):
         cm.load_sae(tmp_path / "missing")
+
+
+# ---- training ------------------------------------------------------------------------------------
+def test_tangent_projection_and_unit_columns():
+    from cocomix_mlx.sae_trainer import remove_parallel_component, unit_columns
+
+    w = unit_columns(mx.random.normal((16, 40)))
+    g = remove_parallel_component(mx.random.normal((16, 40)), w)
+    assert mx.abs((g * w).sum(0)).max().item() < 1e-5
+    assert mx.abs(mx.linalg.norm(w, axis=0) - 1).max().item() < 1e-5
+
+
+def sae_trainer(teacher_dir, data, out, **kw):
+    from cocomix_mlx.checkpoint import load_model
+    from cocomix_mlx.sae_trainer import SAETrainConfig, SAETrainer
+
+    teacher, _ = load_model(teacher_dir)
+    cfg = SAETrainConfig(**{**dict(layer=0, latents=256, k=8, tokens=60 * 256, batch_tokens=256,
+                                   seq_len=64, buffer_steps=8, log_every=1, save_every=0), **kw})
+    return SAETrainer(cfg, teacher, data, out)
+
+
+def test_short_run_learns_keeps_unit_decoder_and_resumes(tiny_teacher, mobydick_data, tmp_path):
+    import json
+
+    from cocomix_mlx.sae_analysis import evaluate_sae
+
+    trainer = sae_trainer(tiny_teacher, mobydick_data, tmp_path / "a")
+    last = trainer.train()
+    assert last["fvu"] < 0.5 and last["l0"] <= 8
+    assert mx.abs(mx.linalg.norm(trainer.sae.W_dec, axis=0) - 1).max().item() < 1e-4
+    sae = cm.load_sae(tmp_path / "a")
+    teacher, _ = cm.load(tiny_teacher)
+    r = evaluate_sae(teacher, sae, 0, mobydick_data, batches=4)
+    assert r["fvu"] < 0.5 and r["delta_loss"] < 1.0
+
+    full = sae_trainer(tiny_teacher, mobydick_data, tmp_path / "full", tokens=6 * 256, save_every=3)
+    full.train()
+    part = sae_trainer(tiny_teacher, mobydick_data, tmp_path / "part", tokens=6 * 256, save_every=3)
+
+    class Stop(Exception):
+        pass
+
+    def stop(event, info):
+        if event == "save" and info["step"] == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        part.train(stop)
+    resumed = sae_trainer(tiny_teacher, mobydick_data, tmp_path / "part", tokens=6 * 256, save_every=3)
+    resumed.resume()
+    resumed.train()
+    losses = lambda p: [json.loads(x)["loss"] for x in (p / "metrics.jsonl").read_text().splitlines()]
+    assert losses(tmp_path / "part") == losses(tmp_path / "full") and len(losses(tmp_path / "full")) == 6
+
+
+def test_auxk_revives_killed_latents(tiny_teacher, mobydick_data, tmp_path):
+    revived = {}
+    for coef in (0.0, 1 / 32):
+        trainer = sae_trainer(tiny_teacher, mobydick_data, tmp_path / str(coef), auxk_coef=coef,
+                              tokens=40 * 256, dead_tokens=256 * 5)
+        killed = mx.arange(0, 256, 2)
+        trainer.sae.latent_bias = trainer.sae.latent_bias.at[killed].add(-1.5)
+        before = np.array(trainer.sae.encoder.weight[killed])
+        trainer.train()
+        after = np.array(trainer.sae.encoder.weight[killed])
+        revived[coef] = float(np.abs(after - before).sum(-1).mean())
+    assert revived[1 / 32] > 2 * revived[0.0], revived
+
+
+def test_cli_width_mismatch_is_one_line_error(tiny_teacher, mobydick_data, tmp_path):
+    from conftest import cocomix
+
+    save_sae(TopKSAE(SAEConfig(d=32, latents=64, k=4, layer=0)), tmp_path)
+    for cmd in ("eval", "describe"):
+        extra = ["--out", tmp_path / "c.json"] if cmd == "describe" else []
+        r = cocomix("sae", cmd, "--sae", tmp_path, "--teacher", tiny_teacher, "--data", mobydick_data, *extra)
+        assert r.returncode == 2 and "width" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = cocomix("sae", "train", "--teacher", tiny_teacher, "--data", mobydick_data, "--layer", "9",
+                "--out", tmp_path / "x", "--latents", "64", "--k", "4", "--tokens", "512")
+    assert r.returncode == 2 and "out of range" in r.stderr and not (tmp_path / "x").exists()

@@ -1,0 +1,140 @@
+"""SAE evaluation (FVU, L0, dead latents, delta loss) and the concept dictionary."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from .concepts import check_sae, context_length, split_teacher
+from .data import TokenDataset
+from .errors import DataError
+from .ops import cross_entropy
+
+
+def _windows(data_dir: str | Path, split: str, batch_size: int, seq_len: int, batches: int):
+    data = TokenDataset(data_dir, split)
+    out = list(data.eval_batches(batch_size, seq_len, batches))
+    if not out:
+        raise DataError(f"the {split} split of {data_dir} is shorter than one window of "
+                        f"{seq_len + 1} tokens")
+    return out
+
+
+def evaluate_sae(teacher: nn.Module, sae, layer: int, data_dir: str | Path, batches: int = 20,
+                 batch_size: int = 8, seq_len: int = 128, split: str = "val") -> dict[str, float]:
+    """FVU and L0 of the reconstruction, the fraction of latents that never fire, and the
+    teacher's next-token loss with block ``layer``'s output replaced by the reconstruction."""
+    check_sae(teacher, sae)
+    lower, upper, head = split_teacher(teacher, layer)
+    seq_len = min(seq_len, context_length(teacher))
+
+    @mx.compile
+    def measure(inputs, targets):
+        h = lower(inputs).astype(mx.float32)
+        z, stats = sae.encode(h, return_stats=True)
+        recon = sae.decode(z, stats)
+        x = h.reshape(-1, h.shape[-1])
+        err = ((recon.reshape(x.shape) - x) ** 2).sum()
+        var = ((x - x.mean(0, keepdims=True)) ** 2).sum()
+        clean = cross_entropy(head(upper(h)), targets)
+        spliced = cross_entropy(head(upper(recon.astype(h.dtype))), targets)
+        return err, var, (z > 0).sum(-1).mean(), (z > 0).reshape(-1, z.shape[-1]).any(0), clean, spliced
+
+    totals = np.zeros(5)
+    fired = np.zeros(sae.cfg.latents, bool)
+    windows = _windows(data_dir, split, batch_size, seq_len, batches)
+    for inputs, targets in windows:
+        err, var, l0, f, clean, spliced = measure(mx.array(inputs), mx.array(targets))
+        totals += [err.item(), var.item(), l0.item(), clean.item(), spliced.item()]
+        fired |= np.array(f)
+    n = len(windows)
+    return {"fvu": totals[0] / totals[1], "l0": totals[2] / n,
+            "dead_fraction": float(1 - fired.mean()), "clean_loss": totals[3] / n,
+            "spliced_loss": totals[4] / n, "delta_loss": (totals[4] - totals[3]) / n,
+            "tokens": n * batch_size * seq_len}
+
+
+def _final_norm(teacher: nn.Module):
+    inner = teacher.model
+    return inner.ln_f if hasattr(inner, "ln_f") else inner.norm
+
+
+def promoted_tokens(teacher: nn.Module, sae, top: int = 8) -> np.ndarray:
+    """(C, top) token ids each decoder direction most promotes: W_dec[:, j] → final norm → head."""
+    _, _, head = split_teacher(teacher, 0)
+    logits = head(_final_norm(teacher)(sae.W_dec.T.astype(mx.float32)))
+    return np.array(mx.argpartition(-logits, kth=top - 1, axis=-1)[:, :top]
+                    if top < logits.shape[-1] else mx.argsort(-logits, -1))
+
+
+def describe(teacher: nn.Module, tokenizer, sae, layer: int, data_dir: str | Path,
+             batches: int = 20, batch_size: int = 8, seq_len: int = 128, contexts: int = 5,
+             top_tokens: int = 8, split: str = "val") -> dict:
+    """The concept dictionary: per latent its activation frequency, top-activating contexts,
+    most-promoted tokens and a short label."""
+    check_sae(teacher, sae)
+    lower, _, _ = split_teacher(teacher, layer)
+    seq_len = min(seq_len, context_length(teacher))
+    encode = mx.compile(lambda tokens: sae.encode(lower(tokens).astype(mx.float32)))
+    C = sae.cfg.latents
+    best_val = np.full((contexts, C), -np.inf, np.float32)
+    best_at = np.zeros((contexts, C), np.int64)
+    counts = np.zeros(C, np.int64)
+    windows = _windows(data_dir, split, batch_size, seq_len, batches)
+    all_tokens = np.concatenate([w[0] for w in windows])  # (W, T)
+    for b, (inputs, _) in enumerate(windows):
+        z = np.array(encode(mx.array(inputs))).reshape(-1, C)
+        counts += (z > 0).sum(0)
+        flat_at = b * batch_size * seq_len + np.arange(z.shape[0])
+        vals = np.concatenate([best_val, z])
+        ats = np.concatenate([best_at, np.broadcast_to(flat_at[:, None], z.shape)])
+        keep = np.argpartition(-vals, contexts - 1, axis=0)[:contexts]
+        best_val = np.take_along_axis(vals, keep, 0)
+        best_at = np.take_along_axis(ats, keep, 0)
+    promoted = promoted_tokens(teacher, sae, top_tokens)
+    total = all_tokens.size
+    latents = []
+    for j in range(C):
+        order = np.argsort(-best_val[:, j])
+        ctx, max_tokens = [], []
+        for i in order:
+            if best_val[i, j] <= 0:
+                continue
+            w, t = divmod(int(best_at[i, j]), seq_len)
+            left = tokenizer.decode(all_tokens[w, max(0, t - 12):t].tolist())
+            tok = tokenizer.decode([int(all_tokens[w, t])])
+            ctx.append({"text": f"{left}«{tok}»", "activation": float(best_val[i, j])})
+            max_tokens.append(tok.strip())
+        promo = [tokenizer.decode([int(t)]) for t in promoted[j]]
+        latents.append({"index": j, "frequency": float(counts[j] / total), "contexts": ctx,
+                        "promoted": promo, "label": _label(max_tokens, promo, counts[j])})
+    return {"sae": {"d": sae.cfg.d, "latents": C, "k": sae.cfg.k, "layer": layer},
+            "tokens": int(total), "latents": latents}
+
+
+def _label(max_tokens: list[str], promoted: list[str], count: int) -> str:
+    if count == 0:
+        return "dead"
+    common = [t for t, _ in Counter(t for t in max_tokens if t).most_common(2)]
+    words = common or [p.strip() for p in promoted[:2] if p.strip()]
+    return "/".join(words) if words else "misc"
+
+
+def concept_names(path: str | Path) -> dict[str, int]:
+    """Label → latent index from a ``describe`` dictionary (the first latent of each label;
+    ``label#index`` always works)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        names: dict[str, int] = {}
+        for item in data["latents"]:
+            names.setdefault(item["label"], int(item["index"]))
+            names[f"{item['label']}#{item['index']}"] = int(item["index"])
+        return names
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise DataError(f"cannot read the concept dictionary {path}: {e}") from None
