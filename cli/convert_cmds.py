@@ -1,0 +1,74 @@
+"""``cocomix convert`` and ``cocomix export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .common import console
+
+convert_app = typer.Typer(no_args_is_help=True, help="Convert PyTorch weights to MLX checkpoints.")
+export_app = typer.Typer(no_args_is_help=True, help="Export checkpoints to PyTorch layouts.")
+
+SRC = typer.Argument(..., help="Source directory or file.")
+OUT = typer.Argument(..., help="Output directory.")
+FORCE = typer.Option(False, "--force", help="Replace an existing OUT.")
+
+
+def _show(title: str, summary: dict) -> None:
+    table = Table(title=title, show_header=False)
+    for key, value in summary.items():
+        if key != "config":
+            table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+    console.print(table)
+
+
+@convert_app.command("gpt2")
+def convert_gpt2(src: Path = SRC, out: Path = OUT, force: bool = FORCE,
+                 dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16, float16")):
+    """A Hugging Face GPT-2 (safetensors, sharded, or pytorch_model.bin) → our checkpoint."""
+    from cocomix_mlx.convert import convert_gpt2 as run
+
+    _show("converted GPT-2", run(src, out, force, dtype))
+
+
+@convert_app.command("cocomix")
+def convert_cocomix(src: Path = SRC, out: Path = OUT, force: bool = FORCE,
+                    concept_num: Optional[int] = typer.Option(None, "--concept-num"),
+                    insert_layer: Optional[int] = typer.Option(None, "--insert-layer"),
+                    sae_layer: Optional[int] = typer.Option(None, "--sae-layer"),
+                    dtype: str = typer.Option("float32", "--dtype")):
+    """An official CoCoMix checkpoint (+ its config.yaml) → our CoCoMix checkpoint."""
+    from cocomix_mlx.convert import convert_cocomix as run
+
+    _show("converted CoCoMix", run(src, out, concept_num, insert_layer, sae_layer, force, dtype))
+
+
+@convert_app.command("sae")
+def convert_sae(src: Path = SRC, out: Path = OUT, force: bool = FORCE,
+                source_model: Optional[str] = typer.Option(None, "--source-model"),
+                layer: Optional[int] = typer.Option(None, "--layer"),
+                location: Optional[str] = typer.Option(None, "--location")):
+    """An OpenAI sparse_autoencoder .pt or a SAELens directory → our SAE directory."""
+    from cocomix_mlx.convert_sae import convert_sae as run
+
+    _show("converted SAE", run(src, out, force, source_model, layer, location))
+
+
+@export_app.command("gpt2")
+def export_gpt2(src: Path = SRC, out: Path = OUT, force: bool = FORCE):
+    """Our NTP checkpoint → a Hugging Face GPT-2 directory."""
+    from cocomix_mlx.convert import export_gpt2 as run
+
+    _show("exported GPT-2", run(src, out, force))
+
+
+@export_app.command("cocomix")
+def export_cocomix(src: Path = SRC, out: Path = OUT, force: bool = FORCE):
+    """Our CoCoMix checkpoint → the official layout with config.yaml."""
+    from cocomix_mlx.convert import export_cocomix as run
+
+    _show("exported CoCoMix", run(src, out, force))

@@ -1,0 +1,323 @@
+"""PyTorch → MLX conversion and export back: Hugging Face GPT-2, official CoCoMix checkpoints,
+OpenAI and SAELens TopK SAEs.
+
+Pickled ``.bin`` / ``.pt`` files are read only with ``torch.load(weights_only=True)`` (torch is
+the optional ``torch`` extra); a pickle that tries to build anything but tensors and plain
+containers is refused. Outputs are written atomically: a failed conversion leaves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from .checkpoint import atomic_directory, load_model, write_json
+from .errors import CheckpointError, ConfigError
+
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+BUFFERS = (".attn.bias", ".attn.masked_bias")
+CONCEPT_KEYS = ("pre_bias", "concept_predictor.weight", "concept_predictor.bias",
+                "compress_layer.weight", "compress_layer.bias")
+
+
+# ---- reading ---------------------------------------------------------------------------------
+def load_pickle(path: Path) -> dict[str, Any]:
+    """A ``torch.save``d dict, tensors as ``mx.array``; code-carrying pickles are refused."""
+    try:
+        import torch
+    except ImportError:
+        raise ConfigError(f"{path.name} is a PyTorch pickle; install torch to read it "
+                          '(pip install "cocomix-mlx[torch]") or give .safetensors') from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols on stderr
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError (truncated), EOFError ...
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(f"refused {path}: the pickle holds code or objects other than "
+                                  "tensors (only plain state dicts are loaded)") from None
+        raise CheckpointError(f"cannot read {path}: {text}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a state dict")
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, torch.Tensor):
+            v = v.detach()
+            out[k] = mx.array(v.float().numpy() if v.is_floating_point() else v.numpy())
+        else:
+            out[k] = v
+    return out
+
+
+def load_tensors(path: Path) -> dict[str, Any]:
+    """State dict of a file or a directory (safetensors, sharded safetensors, .bin/.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (path / name).exists():
+                return load_tensors(path / name)
+        index = path / "model.safetensors.index.json"
+        if index.exists():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError) as e:
+                raise CheckpointError(f"corrupt {index}: {e}") from None
+            weights: dict[str, Any] = {}
+            for shard in shards:
+                weights.update(load_tensors(path / shard))
+            return weights
+        raise CheckpointError(f"no model.safetensors, sharded index or pytorch_model.bin in {path}")
+    if not path.exists():
+        raise CheckpointError(f"not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return dict(mx.load(str(path)))
+        except (RuntimeError, ValueError) as e:
+            raise CheckpointError(f"cannot read {path} ({e}); the file is corrupt or truncated") from None
+    return load_pickle(path)
+
+
+def _float(w: dict[str, Any], dtype) -> dict[str, mx.array]:
+    return {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v
+            for k, v in w.items() if isinstance(v, mx.array)}
+
+
+# ---- GPT-2 -----------------------------------------------------------------------------------
+def gpt2_weights_from_hf(sd: dict[str, Any], n_layer: int) -> dict[str, mx.array]:
+    """Hugging Face (``transformer.``-prefixed or bare) GPT-2 keys → ours (``model.``-prefixed,
+    Linear (out, in)); Conv1D weights transposed, mask buffers dropped, tied head checked."""
+    sd = {k[len("transformer."):] if k.startswith("transformer.") else k: v for k, v in sd.items()}
+    head = sd.pop("lm_head.weight", None)
+    if head is not None and "wte.weight" in sd and not mx.array_equal(head, sd["wte.weight"]):
+        raise CheckpointError("lm_head.weight differs from wte.weight; only the tied GPT-2 head "
+                              "is supported")
+    out = {}
+    for k, v in sd.items():
+        if k.endswith(BUFFERS) or not isinstance(v, mx.array):
+            continue
+        if k.split(".", 2)[-1] in CONV1D and re.match(r"h\.\d+\.", k):
+            v = v.T
+        out[f"model.{k}" if not k.startswith(CONCEPT_KEYS) else k] = v
+    need = ["model.wte.weight", "model.wpe.weight", "model.ln_f.weight"] + \
+           [f"model.h.{i}.attn.c_attn.weight" for i in range(n_layer)]
+    missing = [k for k in need if k not in out]
+    if missing:
+        raise CheckpointError(f"missing tensors: {', '.join(missing[:4])}"
+                              + (" ..." if len(missing) > 4 else ""))
+    return out
+
+
+def gpt2_weights_to_hf(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """Ours → Hugging Face ``GPT2LMHeadModel`` keys (Conv1D (in, out); head tied, omitted)."""
+    out = {}
+    for k, v in weights.items():
+        name = k[len("model."):] if k.startswith("model.") else k
+        if name.split(".", 2)[-1] in CONV1D and re.match(r"h\.\d+\.", name):
+            v = v.T
+        out[f"transformer.{name}"] = v
+    return out
+
+
+def hf_gpt2_config(config: dict[str, Any]) -> dict[str, Any]:
+    act = config.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise CheckpointError(f"activation {act!r} is not GPT-2's tanh GELU")
+    keys = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "layer_norm_epsilon")
+    try:
+        return {k: config[k] for k in keys if k in config} | {
+            k: int(config[k]) for k in ("vocab_size", "n_embd", "n_layer", "n_head")}
+    except KeyError as e:
+        raise CheckpointError(f"config.json lacks {e}") from None
+
+
+def _tokenizer_into(src_dir: Optional[Path], tmp: Path) -> bool:
+    """Copy or build tokenizer files from ``src_dir`` into ``tmp``; False when there are none."""
+    from .checkpoint import TOKENIZER_FILES
+    from .tokenizer import tokenizer_from_gpt2_files
+
+    if src_dir is None:
+        return False
+    files = [f for f in TOKENIZER_FILES if (src_dir / f).exists()]
+    if (src_dir / "tokenizer.json").exists():
+        for f in files:
+            (tmp / f).write_bytes((src_dir / f).read_bytes())
+        return True
+    for enc, merges in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+        if (src_dir / enc).exists() and (src_dir / merges).exists():
+            built = tokenizer_from_gpt2_files(src_dir / enc, src_dir / merges, tmp / ".tok")
+            for f in built.iterdir():
+                f.rename(tmp / f.name)
+            built.rmdir()
+            return True
+    return False
+
+
+def _refuse_existing(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise ConfigError(f"{out} already exists; pass --force or choose another output")
+
+
+def _summary(model, out: Path) -> dict[str, Any]:
+    """Load ``out`` back and describe it."""
+    loaded, config = load_model(out)
+    params = dict(tree_flatten(loaded.parameters()))
+    mine = dict(tree_flatten(model.parameters()))
+    if params.keys() != mine.keys() or any(not mx.array_equal(params[k], mine[k]) for k in mine):
+        raise CheckpointError(f"verification failed: {out} does not load back identically")
+    dtypes = sorted({str(v.dtype).replace("mlx.core.", "") for v in params.values()})
+    return {"path": str(out), "tensors": len(params), "parameters": sum(v.size for v in params.values()),
+            "dtype": ", ".join(dtypes), "tied_head": True, "model": type(loaded).__module__,
+            "config": config}
+
+
+def _write_checkpoint(model, out: Path, tokenizer_src: Optional[Path], extra: dict[str, Any]) -> None:
+    from .checkpoint import write_model_files
+    from .tokenizer import load_tokenizer
+
+    def write(tmp: Path) -> None:
+        has_tokenizer = _tokenizer_into(tokenizer_src, tmp)
+        if has_tokenizer:
+            eos = load_tokenizer(tmp).eos_token_id
+            extra.setdefault("bos_token_id", eos)
+            extra.setdefault("eos_token_id", eos)
+        write_model_files(tmp, model, None, extra)
+
+    atomic_directory(out, write)
+
+
+def _build(args_cls, model_cls, config: dict[str, Any], weights: dict[str, mx.array], dtype: str):
+    try:
+        model = model_cls(args_cls(**config))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"unusable config: {e}") from None
+    try:
+        model.load_weights(list(_float(weights, getattr(mx, dtype)).items()), strict=True)
+    except ValueError as e:
+        raise CheckpointError(f"the tensors do not fit a GPT-2 of this config: {e}") from None
+    mx.eval(model.parameters())
+    return model
+
+
+def _source_dir(src: Path) -> Path:
+    return src if src.is_dir() else src.parent
+
+
+def convert_gpt2(src: str | Path, out: str | Path, force: bool = False,
+                 dtype: str = "float32") -> dict[str, Any]:
+    """A Hugging Face GPT-2 directory or weights file → our (mlx-lm) checkpoint directory."""
+    from .checkpoint import read_json
+    from .models import gpt2
+
+    src, out = Path(src), Path(out)
+    _refuse_existing(out, force)
+    config = hf_gpt2_config(read_json(_source_dir(src) / "config.json"))
+    weights = gpt2_weights_from_hf(load_tensors(src), config["n_layer"])
+    model = _build(gpt2.ModelArgs, gpt2.Model, config, weights, dtype)
+    _write_checkpoint(model, out, _source_dir(src), {})
+    return _summary(model, out)
+
+
+def read_run_yaml(src: Path) -> dict[str, Any]:
+    """``key: value`` scalars of the official run's ``config.yaml`` beside ``src`` or its parent."""
+    for path in (_source_dir(src) / "config.yaml", _source_dir(src).parent / "config.yaml"):
+        if path.exists():
+            values = {}
+            for line in path.read_text(encoding="utf-8").splitlines():
+                m = re.match(r"^([A-Za-z_]\w*)\s*:\s*([^#]*?)\s*(#.*)?$", line)
+                if m and m.group(2):
+                    values[m.group(1)] = m.group(2).strip("'\"")
+            return values
+    return {}
+
+
+def convert_cocomix(src: str | Path, out: str | Path, concept_num: Optional[int] = None,
+                    insert_layer: Optional[int] = None, sae_layer: Optional[int] = None,
+                    force: bool = False, dtype: str = "float32") -> dict[str, Any]:
+    """An official CoCoMix checkpoint (GPT-2 keys + ``transformer.pre_bias``,
+    ``concept_predictor``, ``compress_layer``) → our CoCoMix checkpoint."""
+    from .checkpoint import read_json
+    from .models import cocomix
+
+    src, out = Path(src), Path(out)
+    _refuse_existing(out, force)
+    config = hf_gpt2_config(read_json(_source_dir(src) / "config.json"))
+    run = read_run_yaml(src)
+    weights = gpt2_weights_from_hf(load_tensors(src), config["n_layer"])
+    missing = [k for k in CONCEPT_KEYS if k not in weights]
+    if missing:
+        raise CheckpointError(f"not a CoCoMix checkpoint: missing {', '.join(missing)}")
+
+    def pick(flag, key):
+        value = flag if flag is not None else run.get(key)
+        if value is None:
+            raise ConfigError(f"{key} is unknown: no config.yaml beside {src}; pass it as a flag")
+        return int(value)
+
+    config.update(concept_dim=int(weights["concept_predictor.weight"].shape[0]),
+                  concept_num=pick(concept_num, "concept_num"),
+                  insert_layer=pick(insert_layer, "insert_layer_index"))
+    model = _build(cocomix.ModelArgs, cocomix.Model, config, weights, dtype)
+    sae = sae_layer if sae_layer is not None else run.get("sae_layer_index")
+    extra = {"cocomix": {**model.args.cocomix_block(),
+                         **({"sae_layer": int(sae)} if sae is not None else {})}}
+    _write_checkpoint(model, out, _source_dir(src), extra)
+    return _summary(model, out)
+
+
+# ---- export -----------------------------------------------------------------------------------
+def _export(src: Path, out: Path, force: bool, want_cocomix: bool) -> tuple[Any, dict]:
+    from .checkpoint import copy_tokenizer
+
+    _refuse_existing(out, force)
+    model, config = load_model(src)
+    if ("cocomix" in config) != want_cocomix or config.get("model_type") != "gpt2":
+        kind = "a CoCoMix" if want_cocomix else "an NTP GPT-2"
+        raise ConfigError(f"{src} is not {kind} checkpoint")
+    if "quantization" in config:
+        raise ConfigError(f"{src} is quantized; export the full-precision checkpoint")
+    weights = gpt2_weights_to_hf(dict(tree_flatten(model.parameters())))
+    hf = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+          "activation_function": "gelu_new", "tie_word_embeddings": True,
+          **{k: config[k] for k in ("vocab_size", "n_positions", "n_ctx", "n_embd", "n_layer",
+                                    "n_head", "layer_norm_epsilon", "bos_token_id",
+                                    "eos_token_id") if k in config},
+          "embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0}
+
+    def write(tmp: Path) -> None:
+        try:
+            copy_tokenizer(src, tmp)
+        except CheckpointError:
+            pass
+        if want_cocomix:
+            weights["lm_head.weight"] = weights["transformer.wte.weight"]
+            c = config["cocomix"]
+            lines = [f"concept_dim: {c['concept_dim']}", f"concept_num: {c['concept_num']}",
+                     f"insert_layer_index: {c['insert_layer']}"]
+            if "sae_layer" in c:
+                lines.append(f"sae_layer_index: {c['sae_layer']}")
+            (tmp / "config.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        mx.save_safetensors(str(tmp / "model.safetensors"),
+                            {k: v.astype(mx.float32) for k, v in weights.items()},
+                            metadata={"format": "pt"})
+        write_json(tmp / "config.json", hf)
+
+    atomic_directory(out, write)
+    return model, {"path": str(out), "tensors": len(weights),
+                   "parameters": sum(v.size for v in weights.values())}
+
+
+def export_gpt2(src: str | Path, out: str | Path, force: bool = False) -> dict[str, Any]:
+    """Our NTP checkpoint → a Hugging Face GPT-2 directory (``GPT2LMHeadModel.from_pretrained``)."""
+    return _export(Path(src), Path(out), force, want_cocomix=False)[1]
+
+
+def export_cocomix(src: str | Path, out: str | Path, force: bool = False) -> dict[str, Any]:
+    """Our CoCoMix checkpoint → the official layout (+ ``config.yaml`` with the concept settings)."""
+    return _export(Path(src), Path(out), force, want_cocomix=True)[1]
