@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import mlx.core as mx
+import numpy as np
 from mlx.utils import tree_flatten
 
 from .checkpoint import atomic_directory, load_model, write_json
@@ -56,6 +58,36 @@ def load_pickle(path: Path) -> dict[str, Any]:
     return out
 
 
+_ST_DTYPES = {"F32": ("<f4", None), "F16": ("<f2", None), "BF16": ("<u2", "bfloat16"),
+              "F64": ("<f8", None), "I64": ("<i8", None), "I32": ("<i4", None),
+              "I16": ("<i2", None), "I8": ("i1", None), "U8": ("u1", None), "BOOL": ("?", None)}
+
+
+def read_safetensors(path: Path) -> Iterator[tuple[str, mx.array]]:
+    """``(name, array)`` pairs of a safetensors file, read one tensor at a time (each its own
+    buffer, so dropping converted tensors frees memory as a conversion goes)."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+            base = 8 + n
+            size = path.stat().st_size
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                start, end = info["data_offsets"]
+                if base + end > size:
+                    raise ValueError(f"tensor {name} runs past the end of the file")
+                np_dtype, mx_dtype = _ST_DTYPES[info["dtype"]]
+                f.seek(base + start)
+                data = np.frombuffer(f.read(end - start), dtype=np_dtype).reshape(info["shape"])
+                array = mx.array(data)
+                yield name, array.view(getattr(mx, mx_dtype)) if mx_dtype else array
+    except (OSError, ValueError, KeyError, struct.error, json.JSONDecodeError,
+            UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read {path} ({e}); the file is corrupt or truncated") from None
+
+
 def load_tensors(path: Path) -> dict[str, Any]:
     """State dict of a file or a directory (safetensors, sharded safetensors, .bin/.pt)."""
     path = Path(path)
@@ -77,15 +109,12 @@ def load_tensors(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"not found: {path}")
     if path.suffix == ".safetensors":
-        try:
-            return dict(mx.load(str(path)))
-        except (RuntimeError, ValueError) as e:
-            raise CheckpointError(f"cannot read {path} ({e}); the file is corrupt or truncated") from None
+        return dict(read_safetensors(path))
     return load_pickle(path)
 
 
 def _float(w: dict[str, Any], dtype) -> dict[str, mx.array]:
-    return {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v
+    return {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) and v.dtype != dtype else v
             for k, v in w.items() if isinstance(v, mx.array)}
 
 
@@ -99,11 +128,14 @@ def gpt2_weights_from_hf(sd: dict[str, Any], n_layer: int) -> dict[str, mx.array
         raise CheckpointError("lm_head.weight differs from wte.weight; only the tied GPT-2 head "
                               "is supported")
     out = {}
-    for k, v in sd.items():
+    for k in list(sd):
+        v = sd.pop(k)  # released as we go, so a transposed copy never doubles the checkpoint
         if k.endswith(BUFFERS) or not isinstance(v, mx.array):
             continue
         if k.split(".", 2)[-1] in CONV1D and re.match(r"h\.\d+\.", k):
-            v = v.T
+            v = mx.contiguous(v.T)
+            mx.eval(v)
+            mx.clear_cache()  # hand the original's buffer back instead of caching it
         out[f"model.{k}" if not k.startswith(CONCEPT_KEYS) else k] = v
     need = ["model.wte.weight", "model.wpe.weight", "model.ln_f.weight"] + \
            [f"model.h.{i}.attn.c_attn.weight" for i in range(n_layer)]
@@ -165,14 +197,20 @@ def _refuse_existing(out: Path, force: bool) -> None:
 
 
 def _summary(model, out: Path) -> dict[str, Any]:
-    """Load ``out`` back and describe it."""
-    loaded, config = load_model(out)
-    params = dict(tree_flatten(loaded.parameters()))
+    """Check that ``out`` loads back with exactly ``model``'s tensors, and describe it."""
+    loaded, config = load_model(out, lazy=True)
     mine = dict(tree_flatten(model.parameters()))
-    if params.keys() != mine.keys() or any(not mx.array_equal(params[k], mine[k]) for k in mine):
-        raise CheckpointError(f"verification failed: {out} does not load back identically")
-    dtypes = sorted({str(v.dtype).replace("mlx.core.", "") for v in params.values()})
-    return {"path": str(out), "tensors": len(params), "parameters": sum(v.size for v in params.values()),
+    seen = set()
+    for k, v in read_safetensors(out / "model.safetensors"):
+        if k not in mine or not mx.array_equal(v, mine[k]).item():
+            raise CheckpointError(f"verification failed: {k} differs in {out}")
+        seen.add(k)
+        del v
+        mx.clear_cache()
+    if seen != mine.keys():
+        raise CheckpointError(f"verification failed: {out} lacks tensors")
+    dtypes = sorted({str(v.dtype).replace("mlx.core.", "") for v in mine.values()})
+    return {"path": str(out), "tensors": len(mine), "parameters": sum(v.size for v in mine.values()),
             "dtype": ", ".join(dtypes), "tied_head": True, "model": type(loaded).__module__,
             "config": config}
 
