@@ -16,6 +16,18 @@ export_app = typer.Typer(no_args_is_help=True, help="Export checkpoints to PyTor
 SRC = typer.Argument(..., help="Source directory or file.")
 OUT = typer.Argument(..., help="Output directory.")
 FORCE = typer.Option(False, "--force", help="Replace an existing OUT.")
+QUANTIZE = typer.Option(None, "--quantize", "-q", help="Quantize to 4 or 8 bits (MLX affine).")
+GROUP = typer.Option(64, "--q-group-size", help="Quantization group size.")
+
+
+def _maybe_quantize(out: Path, bits: Optional[int], group_size: int) -> None:
+    if bits is None:
+        return
+    from cocomix_mlx.quantize import quantize_checkpoint
+
+    r = quantize_checkpoint(out, out, bits, group_size, force=True)
+    console.print(f"quantized to {bits} bits (group {group_size}): "
+                  f"{r['bytes_before'] / 2**20:.1f} MB → {r['bytes_after'] / 2**20:.1f} MB")
 
 
 def _show(title: str, summary: dict) -> None:
@@ -28,11 +40,13 @@ def _show(title: str, summary: dict) -> None:
 
 @convert_app.command("gpt2")
 def convert_gpt2(src: Path = SRC, out: Path = OUT, force: bool = FORCE,
-                 dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16, float16")):
+                 dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16, float16"),
+                 quantize: Optional[int] = QUANTIZE, q_group_size: int = GROUP):
     """A Hugging Face GPT-2 (safetensors, sharded, or pytorch_model.bin) → our checkpoint."""
     from cocomix_mlx.convert import convert_gpt2 as run
 
     _show("converted GPT-2", run(src, out, force, dtype))
+    _maybe_quantize(out, quantize, q_group_size)
 
 
 @convert_app.command("cocomix")
@@ -40,11 +54,13 @@ def convert_cocomix(src: Path = SRC, out: Path = OUT, force: bool = FORCE,
                     concept_num: Optional[int] = typer.Option(None, "--concept-num"),
                     insert_layer: Optional[int] = typer.Option(None, "--insert-layer"),
                     sae_layer: Optional[int] = typer.Option(None, "--sae-layer"),
-                    dtype: str = typer.Option("float32", "--dtype")):
+                    dtype: str = typer.Option("float32", "--dtype"),
+                    quantize: Optional[int] = QUANTIZE, q_group_size: int = GROUP):
     """An official CoCoMix checkpoint (+ its config.yaml) → our CoCoMix checkpoint."""
     from cocomix_mlx.convert import convert_cocomix as run
 
     _show("converted CoCoMix", run(src, out, concept_num, insert_layer, sae_layer, force, dtype))
+    _maybe_quantize(out, quantize, q_group_size)
 
 
 @convert_app.command("sae")

@@ -15,7 +15,7 @@ from pathlib import Path
 from mlx.utils import tree_flatten
 
 from .checkpoint import atomic_directory, copy_tokenizer, load_model, save_weights, write_json
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -46,7 +46,10 @@ def quantize_checkpoint(src: str | Path, out: str | Path, bits: int = 4, group_s
     qconfig.pop("quantization_config", None)
 
     def write(tmp: Path) -> None:
-        copy_tokenizer(src, tmp)
+        try:
+            copy_tokenizer(src, tmp)
+        except CheckpointError:  # a weights-only checkpoint stays weights-only
+            pass
         write_json(tmp / "config.json", qconfig)
         save_weights(tmp / "model.safetensors", model.parameters())
 

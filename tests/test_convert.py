@@ -176,3 +176,39 @@ def test_bad_inputs_are_one_line_errors_and_payloads_never_run(tmp_path):
     assert not marker.exists()
     with pytest.raises(ConfigError):
         export_cocomix(tmp_path / "exists", tmp_path / "o7")
+
+
+def test_sharded_safetensors_saelens_and_quantized_conversion(tmp_path):
+    hf = tiny_hf(3)
+    hf.save_pretrained(str(tmp_path / "sharded"), max_shard_size="200KB")
+    for name in ("encoder.json", "vocab.bpe"):
+        (tmp_path / "sharded" / name).write_bytes((GPT2 / name).read_bytes())
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    r = cocomix("convert", "gpt2", tmp_path / "sharded", tmp_path / "ours", "--quantize", "8")
+    assert r.returncode == 0, r.stderr
+    model, _ = cm.load(tmp_path / "ours")
+    tokens = [[1, 2, 3, 400, 5000]]
+    assert np.abs(np.array(model(mx.array(tokens))) - hf_logits(hf, tokens)).max() < 0.05
+
+    rng = np.random.default_rng(4)
+    d, C, k = 16, 64, 4
+    W_enc, W_dec = rng.standard_normal((d, C)) * 0.3, rng.standard_normal((C, d)) * 0.3
+    b_enc, b_dec = rng.standard_normal(C) * 0.1, rng.standard_normal(d) * 0.1
+    src = tmp_path / "saelens"
+    src.mkdir()
+    mx.save_safetensors(str(src / "sae_weights.safetensors"),
+                        {n: mx.array(v.astype(np.float32)) for n, v in
+                         dict(W_enc=W_enc, W_dec=W_dec, b_enc=b_enc, b_dec=b_dec).items()})
+    cfg = {"d_in": d, "d_sae": C, "activation_fn_str": "topk", "activation_fn_kwargs": {"k": k},
+           "normalize_activations": "layer_norm", "apply_b_dec_to_input": True, "hook_layer": 3,
+           "model_name": "tiny"}
+    (src / "cfg.json").write_text(json.dumps(cfg))
+    assert convert_sae(src, tmp_path / "sae")["layer"] == 3
+    h = rng.standard_normal((5, d)) * 3
+    p = {"pre_bias": b_dec, "encoder.weight": W_enc.T, "latent_bias": b_enc, "decoder.weight": W_dec.T}
+    rz, rh = np_sae(p, h, k)
+    sae = cm.load_sae(tmp_path / "sae")
+    np.testing.assert_allclose(np.array(sae.encode(mx.array(h.astype(np.float32)))), rz, atol=1e-4)
+    (src / "cfg.json").write_text(json.dumps({**cfg, "normalize_activations": "constant_norm_rescale"}))
+    with pytest.raises(CheckpointError, match="no TopKSAE equivalent"):
+        convert_sae(src, tmp_path / "sae2")
