@@ -13,7 +13,7 @@ from .common import console
 convert_app = typer.Typer(no_args_is_help=True, help="Convert PyTorch weights to MLX checkpoints.")
 export_app = typer.Typer(no_args_is_help=True, help="Export checkpoints to PyTorch layouts.")
 
-SRC = typer.Argument(..., help="Source directory or file.")
+SRC = typer.Argument(..., help="Source directory or file, or a Hugging Face Hub repo id.")
 OUT = typer.Argument(..., help="Output directory.")
 FORCE = typer.Option(False, "--force", help="Replace an existing OUT.")
 QUANTIZE = typer.Option(None, "--quantize", "-q", help="Quantize to 4 or 8 bits (MLX affine).")
@@ -30,6 +30,23 @@ def _maybe_quantize(out: Path, bits: Optional[int], group_size: int) -> None:
                   f"{r['bytes_before'] / 2**20:.1f} MB → {r['bytes_after'] / 2**20:.1f} MB")
 
 
+REVISION = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit).")
+UPLOAD = typer.Option(None, "--upload-repo", help="Push the result to this Hub repository.")
+
+
+def _source(src: str, revision: Optional[str]) -> Path:
+    from cocomix_mlx.download import resolve_source
+
+    return resolve_source(src, revision)
+
+
+def _upload(out: Path, repo: Optional[str]) -> None:
+    if repo:
+        from cocomix_mlx.download import upload
+
+        console.print(f"uploaded: {upload(out, repo)}")
+
+
 def _show(title: str, summary: dict) -> None:
     table = Table(title=title, show_header=False)
     for key, value in summary.items():
@@ -39,39 +56,69 @@ def _show(title: str, summary: dict) -> None:
 
 
 @convert_app.command("gpt2")
-def convert_gpt2(src: Path = SRC, out: Path = OUT, force: bool = FORCE,
+def convert_gpt2(src: str = SRC, out: Path = OUT, force: bool = FORCE,
                  dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16, float16"),
-                 quantize: Optional[int] = QUANTIZE, q_group_size: int = GROUP):
+                 quantize: Optional[int] = QUANTIZE, q_group_size: int = GROUP,
+                 revision: Optional[str] = REVISION, upload_repo: Optional[str] = UPLOAD):
     """A Hugging Face GPT-2 (safetensors, sharded, or pytorch_model.bin) → our checkpoint."""
     from cocomix_mlx.convert import convert_gpt2 as run
 
-    _show("converted GPT-2", run(src, out, force, dtype))
+    _show("converted GPT-2", run(_source(src, revision), out, force, dtype))
     _maybe_quantize(out, quantize, q_group_size)
+    _upload(out, upload_repo)
 
 
 @convert_app.command("cocomix")
-def convert_cocomix(src: Path = SRC, out: Path = OUT, force: bool = FORCE,
+def convert_cocomix(src: str = SRC, out: Path = OUT, force: bool = FORCE,
                     concept_num: Optional[int] = typer.Option(None, "--concept-num"),
                     insert_layer: Optional[int] = typer.Option(None, "--insert-layer"),
                     sae_layer: Optional[int] = typer.Option(None, "--sae-layer"),
                     dtype: str = typer.Option("float32", "--dtype"),
-                    quantize: Optional[int] = QUANTIZE, q_group_size: int = GROUP):
+                    quantize: Optional[int] = QUANTIZE, q_group_size: int = GROUP,
+                    revision: Optional[str] = REVISION, upload_repo: Optional[str] = UPLOAD):
     """An official CoCoMix checkpoint (+ its config.yaml) → our CoCoMix checkpoint."""
     from cocomix_mlx.convert import convert_cocomix as run
 
-    _show("converted CoCoMix", run(src, out, concept_num, insert_layer, sae_layer, force, dtype))
+    _show("converted CoCoMix", run(_source(src, revision), out, concept_num, insert_layer,
+                                   sae_layer, force, dtype))
     _maybe_quantize(out, quantize, q_group_size)
+    _upload(out, upload_repo)
 
 
 @convert_app.command("sae")
-def convert_sae(src: Path = SRC, out: Path = OUT, force: bool = FORCE,
+def convert_sae(paths: list[str] = typer.Argument(..., help="SRC OUT (with --openai: just OUT); "
+                                                 "SRC is a .pt, a SAELens dir or a Hub id."),
+                force: bool = FORCE,
+                openai: Optional[str] = typer.Option(None, "--openai",
+                                                     help="Download OpenAI's SAE for this model "
+                                                          "(gpt2-small)."),
                 source_model: Optional[str] = typer.Option(None, "--source-model"),
                 layer: Optional[int] = typer.Option(None, "--layer"),
-                location: Optional[str] = typer.Option(None, "--location")):
+                location: Optional[str] = typer.Option(None, "--location",
+                                                       help="e.g. resid_post_mlp"),
+                revision: Optional[str] = REVISION, upload_repo: Optional[str] = UPLOAD):
     """An OpenAI sparse_autoencoder .pt or a SAELens directory → our SAE directory."""
     from cocomix_mlx.convert_sae import convert_sae as run
 
-    _show("converted SAE", run(src, out, force, source_model, layer, location))
+    from .common import byte_progress, fail
+
+    if len(paths) != (1 if openai else 2):
+        fail("usage: cocomix convert sae SRC OUT, or cocomix convert sae --openai gpt2-small "
+             "--location resid_post_mlp --layer N OUT")
+    out = Path(paths[-1])
+    if openai:
+        from cocomix_mlx.download import fetch_openai_sae
+
+        if layer is None:
+            fail("--openai needs --layer (0..11) and --location")
+        location = location or "resid_post_mlp"
+        with byte_progress("downloading") as progress:
+            path = fetch_openai_sae(openai, location, layer, progress)
+        source_model = source_model or openai
+    else:
+        path = _source(paths[0], revision)
+    _show("converted SAE", run(path, out, force, source_model, layer, location))
+    _upload(out, upload_repo)
 
 
 @export_app.command("gpt2")

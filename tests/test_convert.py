@@ -212,3 +212,45 @@ def test_sharded_safetensors_saelens_and_quantized_conversion(tmp_path):
     (src / "cfg.json").write_text(json.dumps({**cfg, "normalize_activations": "constant_norm_rescale"}))
     with pytest.raises(CheckpointError, match="no TopKSAE equivalent"):
         convert_sae(src, tmp_path / "sae2")
+
+
+def serve(directory):
+    """A static HTTP server on 127.0.0.1 for ``directory``; returns (base_url, shutdown)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    def stop():
+        server.shutdown()
+        server.server_close()
+
+    return f"http://127.0.0.1:{server.server_address[1]}", stop
+
+
+def test_openai_sae_download_from_a_local_server(tmp_path, monkeypatch):
+    C, d = 64, 16
+    sd = {"pre_bias": torch.zeros(d), "encoder.weight": torch.randn(C, d), "latent_bias": torch.zeros(C),
+          "decoder.weight": torch.randn(d, C), "activation": "TopK", "activation_state_dict": {"k": 4}}
+    site = tmp_path / "site" / "gpt2-small" / "resid_post_mlp_v5_32k" / "autoencoders"
+    site.mkdir(parents=True)
+    torch.save(sd, site / "5.pt")
+    base, shutdown = serve(tmp_path / "site")
+    monkeypatch.setenv("COCOMIX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COCOMIX_OPENAI_SAE_BASE", base)
+    try:
+        r = cocomix("convert", "sae", "--openai", "gpt2-small", "--location", "resid_post_mlp",
+                    "--layer", "5", tmp_path / "out")
+        assert r.returncode == 0, r.stderr
+        sae = cm.load_sae(tmp_path / "out")
+        assert (sae.cfg.k, sae.cfg.layer, sae.cfg.source_model) == (4, 5, "gpt2-small")
+        assert (tmp_path / "cache" / "openai-sae" / "gpt2-small" / "resid_post_mlp_v5_32k" / "5.pt").exists()
+        r = cocomix("convert", "sae", "--openai", "gpt2-small", "--layer", "7", tmp_path / "missing")
+        assert r.returncode == 2 and "cannot download" in r.stderr and not (tmp_path / "missing").exists()
+    finally:
+        shutdown()
+    r = cocomix("convert", "sae", "--openai", "gpt2-small", "--layer", "7", tmp_path / "offline")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
