@@ -254,3 +254,78 @@ def test_openai_sae_download_from_a_local_server(tmp_path, monkeypatch):
         shutdown()
     r = cocomix("convert", "sae", "--openai", "gpt2-small", "--layer", "7", tmp_path / "offline")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def fake_hub(files):
+    """A minimal Hugging Face Hub API on 127.0.0.1 serving one repo's ``files`` {name: bytes}."""
+    import hashlib
+    import http.server
+    import threading
+
+    sha = "a" * 40
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, body, head, headers=()):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in headers:
+                self.send_header(k, v)
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def route(self, head):
+            path = self.path.split("?")[0]
+            if "/tree/" in path:
+                listing = [{"type": "file", "path": n, "size": len(b), "oid": "0" * 40} for n, b in files.items()]
+                return self._send(json.dumps(listing).encode(), head, [("Content-Type", "application/json")])
+            if path.startswith("/api/models/"):
+                info = {"id": "me/tiny", "sha": sha, "siblings": [{"rfilename": n} for n in files]}
+                return self._send(json.dumps(info).encode(), head, [("Content-Type", "application/json")])
+            name = path.split("/resolve/", 1)[-1].split("/", 1)[-1]
+            if "/resolve/" in path and name in files:
+                etag = hashlib.sha256(files[name]).hexdigest()  # blobs are cached by ETag
+                return self._send(files[name], head, [("ETag", f'"{etag}"'), ("X-Repo-Commit", sha)])
+            self.send_response(404)
+            self.end_headers()
+
+        def do_GET(self):
+            self.route(False)
+
+        def do_HEAD(self):
+            self.route(True)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def stop():
+        server.shutdown()
+        server.server_close()
+
+    return f"http://127.0.0.1:{server.server_address[1]}", stop
+
+
+def test_hub_repo_id_download_and_offline_cache(tmp_path, monkeypatch):
+    hf = tiny_hf(5)
+    save_hf(hf, tmp_path / "repo", True)
+    files = {f.name: f.read_bytes() for f in (tmp_path / "repo").iterdir()}
+    endpoint, stop = fake_hub(files)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    try:
+        r = cocomix("convert", "gpt2", "me/tiny", tmp_path / "a", "--revision", "main")
+        assert r.returncode == 0, r.stderr
+    finally:
+        stop()
+    model, tok = cm.load(tmp_path / "a")
+    tokens = [tok.encode("Hello world")]
+    np.testing.assert_allclose(np.array(model(mx.array(tokens))), hf_logits(hf, tokens), atol=1e-4)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = cocomix("convert", "gpt2", "me/tiny", tmp_path / "b")
+    assert r.returncode == 0, r.stderr
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_home"))
+    r = cocomix("convert", "gpt2", "me/tiny", tmp_path / "c")
+    assert r.returncode == 2 and "offline" in r.stderr and len(r.stderr.strip().splitlines()) == 1
