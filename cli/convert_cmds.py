@@ -121,6 +121,24 @@ def convert_sae(paths: list[str] = typer.Argument(..., help="SRC OUT (with --ope
     _upload(out, upload_repo)
 
 
+@convert_app.command("gguf")
+def convert_gguf(src: Path = typer.Argument(..., help="A Llama-family .gguf file."),
+                 out: Path = OUT, force: bool = FORCE,
+                 dtype: Optional[str] = typer.Option(None, "--dtype",
+                                                     help="Dequantize to float16, bfloat16 or "
+                                                          "float32 (default: keep 4/8-bit)."),
+                 upload_repo: Optional[str] = UPLOAD):
+    """A GGUF Llama-family model → an mlx-lm llama checkpoint (Q/K permutation undone)."""
+    from cocomix_mlx.convert_gguf import convert_gguf as run
+
+    if dtype not in (None, "float16", "bfloat16", "float32"):
+        from .common import fail
+
+        fail("--dtype must be float16, bfloat16 or float32")
+    _show("converted GGUF", run(src, out, dtype, force))
+    _upload(out, upload_repo)
+
+
 @export_app.command("gpt2")
 def export_gpt2(src: Path = SRC, out: Path = OUT, force: bool = FORCE):
     """Our NTP checkpoint → a Hugging Face GPT-2 directory."""
