@@ -81,6 +81,7 @@ def load_teacher(cfg: Config, data_meta: dict | None = None) -> nn.Module:
     if not path:
         raise ConfigError(f"--mode {cfg.train.mode} needs a teacher: pass --teacher DIR")
     teacher, tconfig = load_model(path)
+    teacher.set_dtype(getattr(mx, cfg.train.dtype))  # e.g. fp16-shipped weights computed in fp32
     teacher.eval()
     teacher.freeze()
     if data_meta is not None:
@@ -118,6 +119,7 @@ def build_objective(cfg: Config, data_meta: dict | None = None) -> Objective:
         raise ConfigError("--mode cocomix needs an SAE: pass --sae DIR (or --lam 0)")
     teacher = load_teacher(cfg, data_meta)
     sae = load_sae(cc.sae)
+    sae.set_dtype(mx.float32)
     sae.freeze()
     check_sae(teacher, sae)
     if not 0 <= cc.sae_layer < teacher_depth(teacher):
