@@ -1,66 +1,118 @@
-"""``cocomix quickstart``: the offline default run."""
+"""``cocomix quickstart``: the offline default run on the shipped models in ``weights/``."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from .common import byte_progress, console, fail
 
 PROMPT = "The return value of the function"
+SAMPLING = dict(temp=0.8, top_p=0.95, repetition_penalty=1.3, seed=0)
+
+
+def weights_dir(given: Optional[Path]) -> Path:
+    import cocomix_mlx
+
+    path = given or Path(os.environ.get("COCOMIX_WEIGHTS") or
+                         Path(cocomix_mlx.__file__).resolve().parents[1] / "weights")
+    if not (path / "cocomix" / "config.json").exists():
+        fail(f"no shipped weights in {path}; run from a checkout (pip install -e .) or pass "
+             "--weights DIR (rebuild them with python weights/build.py)")
+    return path
+
+
+def pick_concept(dictionary: Path) -> tuple[int, str]:
+    """The most frequent concept labelled by one whole word, for the steering demo."""
+    import json
+
+    latents = json.loads(dictionary.read_text(encoding="utf-8"))["latents"]
+    words = [x for x in latents if x["label"].isalpha() and len(x["label"]) >= 3
+             and x["label"] not in ("dead", "misc")]
+    best = max(words or latents, key=lambda x: x["frequency"])
+    return best["index"], best["label"]
 
 
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Working directory."),
-    steps: int = typer.Option(300, "--steps", help="Training steps (about 1 s each on 2 cores)."),
-    vocab_size: int = typer.Option(4096, "--vocab-size"),
-    max_tokens: int = typer.Option(60, "--max-tokens", help="Length of the sample."),
+    steps: int = typer.Option(60, "--steps", help="Continued-pretraining steps per model."),
+    max_tokens: int = typer.Option(40, "--max-tokens", help="Length of each sample."),
+    alpha: float = typer.Option(8.0, "--alpha", help="Steering factor for the demo concept."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Shipped weights directory."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing --out."),
 ):
-    """Train a tiny GPT-2 on English text that ships with Python, offline, and print a sample."""
+    """Continue CoCoMix pretraining of the shipped student on Python's own documentation, with
+    the shipped teacher and SAE; compare with its NTP twin; print a plain and a steered sample."""
     import mlx.core as mx
-    import mlx_lm
-    from mlx_lm.sample_utils import make_sampler
+    from rich.table import Table
 
+    import cocomix_mlx as cm
     from cocomix_mlx import config as cfgmod
-    from cocomix_mlx.checkpoint import load
+    from cocomix_mlx.checkpoint import load_model
     from cocomix_mlx.data import prepare
     from cocomix_mlx.embedded import write_python_docs
-    from cocomix_mlx.models import build_model
-    from cocomix_mlx.objectives import get_objective
-    from cocomix_mlx.tokenizer import train_tokenizer
+    from cocomix_mlx.evaluate import perplexity
+    from cocomix_mlx.objectives import build_objective
     from cocomix_mlx.trainer import Trainer
 
     from .train_cmds import run_training
 
+    shipped = weights_dir(weights)
     if out.exists() and any(out.iterdir()) and not force:
         fail(f"{out} already exists; pass --force to start over or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     text = write_python_docs(out / "python_docs.txt")
-    console.print(f"corpus: {text.stat().st_size / 1e6:.1f} MB of Python's own documentation")
-    with byte_progress("tokenizer") as progress:
-        train_tokenizer([str(text)], vocab_size, str(out / "tokenizer"), progress=progress)
     with byte_progress("tokenizing") as progress:
-        meta = prepare([str(text)], str(out / "tokenizer"), str(out / "data"), progress=progress,
-                       force=True)
-    console.print(f"data: {meta['train_tokens']:,} training tokens, vocab {meta['vocab_size']}")
+        meta = prepare([str(text)], str(shipped / "cocomix"), str(out / "data"), val_fraction=0.05,
+                       progress=progress, force=True)
+    console.print(f"data: {meta['train_tokens']:,} tokens of Python's own documentation "
+                  f"(shipped tokenizer, vocab {meta['vocab_size']})")
+    sae_layer = cm.load_sae(shipped / "sae").cfg.layer
+    results = {}
+    for name, mode in (("cocomix", "cocomix"), ("ntp", "ntp")):
+        model, config = load_model(shipped / name)
+        model.set_dtype(mx.float32)
+        cfg = cfgmod.preset("cocomix-tiny" if mode == "cocomix" else "tiny")
+        overrides = {k: config[k] for k in ("vocab_size", "n_positions", "n_embd", "n_layer",
+                                            "n_head")}
+        overrides.update({"mode": mode, "seq_len": config["n_positions"], "batch_size": 16,
+                          "steps": steps, "lr": 5e-4, "warmup_steps": max(1, steps // 10),
+                          "eval_every": steps, "save_every": steps, "eval_batches": 10})
+        if mode == "cocomix":
+            block = config["cocomix"]
+            overrides.update({"concept.concept_dim": block["concept_dim"],
+                              "concept.concept_num": block["concept_num"],
+                              "concept.insert_layer": block["insert_layer"],
+                              "teacher": str(shipped / "teacher"), "sae": str(shipped / "sae"),
+                              "sae_layer": sae_layer})
+        cfgmod.apply_overrides(cfg, overrides)
+        console.rule(f"{name}: {steps} steps of continued pretraining")
+        trainer = Trainer(cfg, model, build_objective(cfg, meta), out / "data", out / name)
+        run_training(trainer)
+        results[name] = perplexity(str(out / name), str(out / "data"), seq_len=cfg.train.seq_len,
+                                   max_batches=20)
 
-    cfg = cfgmod.preset("tiny")
-    cfgmod.apply_overrides(cfg, {
-        "vocab_size": meta["vocab_size"], "n_layer": 4, "n_positions": 128, "seq_len": 128,
-        "batch_size": 16, "steps": steps, "lr": 2e-3, "eval_every": max(steps // 3, 1),
-        "save_every": steps, "eval_batches": 10})
-    model = build_model(cfg.model, seed=cfg.train.seed)
-    trainer = Trainer(cfg, model, get_objective("ntp"), out / "data", out / "model")
-    run_training(trainer)
+    table = Table(title="validation on held-out Python documentation")
+    table.add_column("model")
+    table.add_column("loss", justify="right")
+    table.add_column("perplexity", justify="right")
+    for name, r in results.items():
+        table.add_row(name, f"{r['loss']:.4f}", f"{r['ppl']:.2f}")
+    console.print(table)
 
-    model, tokenizer = load(out / "model")
-    sampler = make_sampler(temp=0.8, top_p=0.95)
-    mx.random.seed(0)
-    sample = mlx_lm.generate(model, tokenizer, PROMPT, max_tokens=max_tokens, sampler=sampler)
-    console.rule("sample")
-    console.print(f"[bold]{PROMPT}[/]{sample}", highlight=False)
-    console.rule()
-    console.print(f"model in {out / 'model'} (an mlx-lm checkpoint: `mlx_lm.generate --model "
-                  f"{out / 'model'}` works too)")
+    model, tokenizer = cm.load(out / "cocomix")
+    index, label = pick_concept(shipped / "concepts.json")
+    plain = cm.generate(model, tokenizer, PROMPT, max_tokens=max_tokens, **SAMPLING)
+    steered = cm.generate(model, tokenizer, PROMPT, max_tokens=max_tokens, steer={index: alpha},
+                          span="generated", **SAMPLING)
+    samples = Table(title=f"samples (same seed); steered: concept {index} “{label}” × {alpha:g}",
+                    show_lines=True)
+    samples.add_column("plain")
+    samples.add_column("steered")
+    samples.add_row(PROMPT + plain, PROMPT + steered)
+    console.print(samples, highlight=False)
+    console.print(f"models in {out}; try `cocomix generate --model {out / 'cocomix'} --prompt "
+                  f"\"...\" --concepts {shipped / 'concepts.json'} --steer LABEL=6`")
