@@ -58,18 +58,25 @@ def concepts(
     text: str = typer.Argument(..., help="Text to inspect."),
     model: Path = typer.Option(..., "--model", help="A CoCoMix checkpoint directory."),
     top: int = typer.Option(5, "--top", help="Concepts per token."),
+    dictionary: Optional[Path] = typer.Option(None, "--concepts",
+                                              help="concepts.json from `sae describe`: labels."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
-    """Per token, the concepts a CoCoMix model predicts, with their logits."""
+    """Per token, the concepts a CoCoMix model predicts, with their logits (and labels)."""
     import json
 
     from rich.table import Table
 
     import cocomix_mlx as cm
     from cocomix_mlx.generate import predicted_concepts
+    from cocomix_mlx.sae_analysis import concept_names
 
     net, tokenizer = cm.load(model)
-    rows = predicted_concepts(net, tokenizer, text, top)
+    labels = None
+    if dictionary is not None:
+        labels = {i: name.rsplit("#", 1)[0]
+                  for name, i in concept_names(dictionary).items() if "#" in name}
+    rows = predicted_concepts(net, tokenizer, text, top, labels)
     if as_json:
         console.print_json(json.dumps(rows))
         return
