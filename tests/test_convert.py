@@ -256,8 +256,10 @@ def test_openai_sae_download_from_a_local_server(tmp_path, monkeypatch):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
 
 
-def fake_hub(files):
-    """A minimal Hugging Face Hub API on 127.0.0.1 serving one repo's ``files`` {name: bytes}."""
+def fake_hub(files, uploads=None):
+    """A minimal Hugging Face Hub API on 127.0.0.1 serving one repo's ``files`` {name: bytes};
+    commits pushed to it land in ``uploads`` {name: bytes}."""
+    import base64
     import hashlib
     import http.server
     import threading
@@ -295,6 +297,27 @@ def fake_hub(files):
         def do_GET(self):
             self.route(False)
 
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            path = self.path.split("?")[0]
+            base = f"http://127.0.0.1:{self.server.server_address[1]}"
+            if path == "/api/repos/create":
+                reply = {"url": f"{base}/me/up"}
+            elif "/preupload/" in path:
+                reply = {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                   for f in json.loads(body)["files"]]}
+            elif "/commit/" in path:
+                for line in body.splitlines():
+                    item = json.loads(line)
+                    if item["key"] == "file":
+                        uploads[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                reply = {"commitUrl": f"{base}/me/up/commit/{sha}", "commitOid": sha}
+            else:
+                self.send_response(404)
+                self.end_headers()
+                return
+            self._send(json.dumps(reply).encode(), False, [("Content-Type", "application/json")])
+
         def do_HEAD(self):
             self.route(True)
 
@@ -329,3 +352,22 @@ def test_hub_repo_id_download_and_offline_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_home"))
     r = cocomix("convert", "gpt2", "me/tiny", tmp_path / "c")
     assert r.returncode == 2 and "offline" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_upload_pushes_every_file_of_the_converted_checkpoint(tmp_path, monkeypatch):
+    save_hf(tiny_hf(6), tmp_path / "src", True)
+    uploads = {}
+    endpoint, stop = fake_hub({}, uploads)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    try:
+        r = cocomix("convert", "gpt2", tmp_path / "src", tmp_path / "out", "--upload-repo", "me/up")
+    finally:
+        stop()
+    assert r.returncode == 0, r.stderr
+    assert "me/up/commit/" in r.stdout
+    local = {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir()}
+    assert uploads == local and "model.safetensors" in uploads
+    r = cocomix("convert", "gpt2", tmp_path / "src", tmp_path / "out2", "--upload-repo", "me/up")
+    assert r.returncode == 2 and "upload to me/up failed" in r.stderr  # server gone
