@@ -49,12 +49,15 @@ def load_pickle(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} does not hold a state dict")
     out = {}
-    for k, v in data.items():
+    for k in list(data):  # pop each tensor as it is copied, so torch's copy is freed as we go
+        v = data.pop(k)
         if isinstance(v, torch.Tensor):
             v = v.detach()
             out[k] = mx.array(v.float().numpy() if v.is_floating_point() else v.numpy())
+            mx.eval(out[k])
         else:
             out[k] = v
+        del v
     return out
 
 
