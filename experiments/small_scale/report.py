@@ -1,0 +1,133 @@
+"""Table-1-style summary and loss curves of the finished runs in ``results/``.
+
+    python experiments/small_scale/report.py
+
+Rewrites the generated part of RESULTS.md (between its markers) and ``loss_curves.png``; the
+discussion around the markers is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+BEGIN, END = "<!-- generated:begin -->", "<!-- generated:end -->"
+LABELS = {
+    "ntp": "NTP", "kd": "KD", "pause": "Pause", "cocomix": "CoCoMix",
+    "cocomix_activation": "CoCoMix, activation labels", "concept_only": "concept loss only",
+    "mixing_only": "mixing only", "cocomix_add": "CoCoMix, add instead of interleave",
+}
+
+
+def mean_std(values: list[float], digits: int = 2) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def load_runs() -> dict[str, dict[int, dict]]:
+    runs: dict[str, dict[int, dict]] = defaultdict(dict)
+    for path in sorted(RESULTS.glob("*-s*.json")):
+        r = json.loads(path.read_text())
+        runs[r["variant"]][r["seed"]] = r
+    return runs
+
+
+def table(runs: dict[str, dict[int, dict]]) -> str:
+    ntp = {s: r["val"]["ppl"] for s, r in runs.get("ntp", {}).items()}
+    lines = ["| model | d | params | tokens | seeds | val ppl | Δ ppl vs NTP (paired) | "
+             "last-word acc % | last-word ppl | train min |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for variant in LABELS:
+        if variant not in runs:
+            continue
+        rs = list(runs[variant].values())
+        ppl = [r["val"]["ppl"] for r in rs]
+        deltas = [r["val"]["ppl"] - ntp[s] for s, r in runs[variant].items() if s in ntp]
+        delta = "—" if variant == "ntp" or not deltas else (
+            f"{deltas[0]:+.2f}" if len(deltas) == 1 else
+            f"{statistics.mean(deltas):+.2f} ± {statistics.stdev(deltas):.2f}")
+        acc = [100 * r["lambada"]["acc"] for r in rs]
+        word_ppl = [r["lambada"]["ppl"] for r in rs]
+        lines.append(f"| {LABELS[variant]} | {rs[0]['n_embd']} | {rs[0]['params'] / 1e6:.2f} M | "
+                     f"{rs[0]['tokens'] / 1e6:.2f} M | {len(rs)} | {mean_std(ppl)} | {delta} | "
+                     f"{mean_std(acc)} | {mean_std(word_ppl, 0)} | {statistics.mean(r['train_s'] for r in rs) / 60:.1f} |")
+    extra = []
+    if (RESULTS / "teacher.json").exists():
+        t = json.loads((RESULTS / "teacher.json").read_text())
+        extra.append(f"teacher: validation perplexity {t['val']['ppl']:.1f} after "
+                     f"{t['tokens'] / 1e6:.2f}M tokens")
+    if (RESULTS / "sae.json").exists():
+        q = json.loads((RESULTS / "sae.json").read_text())
+        extra.append(f"SAE: FVU {q['fvu']:.3f}, L0 {q['l0']:.0f}, dead {100 * q['dead_fraction']:.1f}%, "
+                     f"teacher loss {q['clean_loss']:.3f} → {q['spliced_loss']:.3f} nats with the "
+                     f"reconstruction spliced in (Δ {q['delta_loss']:+.3f})")
+    machines = sorted({r["machine"] for v in runs.values() for r in v.values()})
+    return "\n".join(lines + [""] + [f"- {e}" for e in extra] +
+                     [f"- machine: {m}" for m in machines])
+
+
+def curves(name: str) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {"ntp_loss": [], "val_ntp_loss": []}
+    for line in (RESULTS / "curves" / f"{name}.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        for key in out:
+            if key in row:
+                out[key].append((row["step"], row[key]))
+    return out
+
+
+def plot(runs: dict[str, dict[int, dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, variant in enumerate(v for v in LABELS if v in runs):
+        per_seed = [curves(f"{variant}-s{s}") for s in sorted(runs[variant])]
+        tokens = runs[variant][min(runs[variant])]["tokens"]
+        steps = max(p for p, _ in per_seed[0]["ntp_loss"])
+        for key, ax in (("ntp_loss", train_ax), ("val_ntp_loss", val_ax)):
+            by_step: dict[int, list[float]] = defaultdict(list)
+            for c in per_seed:
+                for step, value in c[key]:
+                    by_step[step].append(value)
+            xs = sorted(by_step)
+            ys = [statistics.mean(by_step[x]) for x in xs]
+            if key == "ntp_loss":  # moving average over 5 logged steps
+                ys = [statistics.mean(ys[max(0, j - 4):j + 1]) for j in range(len(ys))]
+            ax.plot([x * tokens / steps / 1e6 for x in xs], ys, "-" if key == "ntp_loss" else "o-",
+                    color=f"C{i}", label=LABELS[variant])
+    train_ax.set_title("training next-token loss (mean over seeds)")
+    val_ax.set_title("validation next-token loss (mean over seeds)")
+    for ax in (train_ax, val_ax):
+        ax.set_xlabel("tokens (M)")
+        ax.set_ylabel("nats")
+        ax.grid(alpha=0.3)
+    val_ax.legend(fontsize=8)
+    lo = min(v for variant in runs for s in runs[variant]
+             for _, v in curves(f"{variant}-s{s}")["val_ntp_loss"])
+    val_ax.set_ylim(lo - 0.05, lo + 1.0 if math.isfinite(lo) else None)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def report() -> None:
+    runs = load_runs()
+    doc = HERE / "RESULTS.md"
+    text = doc.read_text() if doc.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    doc.write_text(f"{head}{BEGIN}\n{table(runs)}\n{END}{tail}")
+    if runs:
+        plot(runs, HERE / "loss_curves.png")
+
+
+if __name__ == "__main__":
+    report()

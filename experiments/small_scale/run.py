@@ -1,0 +1,200 @@
+"""CoCoMix against NTP, KD, pause and the ablations at small scale, on all of ../shared/corpus.
+
+    python experiments/small_scale/run.py [STAGE ...] [--seeds 0 1 2] [--variants ...]
+
+Stages, in order (default: all of them): ``data`` (sentencepiece BPE 8192 and token shards, the
+last 1% of every file held out), ``teacher``, ``sae``, ``students`` (every variant in
+``configs/`` for every seed; seed-major, so complete seeds land first), ``report``. Every stage
+skips what is already done and resumes a run that was cut off from its last checkpoint, so the
+script can be started again at any time. Models and shards live in ``--work`` (default
+``experiments/small_scale/work``, not committed); each finished student writes
+``results/VARIANT-sSEED.json`` and its ``metrics.jsonl``, which are committed.
+"""
+
+from __future__ import annotations
+
+import cocomix_mlx  # noqa: F401  (first: BLAS setup)
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import mlx.core as mx
+
+from cocomix_mlx.config import Config, apply_overrides, from_dict, load_toml
+from cocomix_mlx.data import iter_chunks, prepare
+from cocomix_mlx.evaluate import last_word, last_word_items, perplexity
+from cocomix_mlx.models import build_model
+from cocomix_mlx.objectives import build_objective
+from cocomix_mlx.tokenizer import train_tokenizer
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = HERE / "configs"
+RESULTS = HERE / "results"
+CORPUS = HERE.parents[1].parent / "shared" / "corpus"
+VARIANTS = ["ntp", "cocomix", "kd", "pause", "cocomix_activation", "concept_only", "mixing_only",
+            "cocomix_add"]
+WIDENED = ("ntp", "kd", "pause")  # baselines widened to CoCoMix's parameter count, as in the paper
+LAMBADA_ITEMS = 500
+
+
+def machine() -> str:
+    return (f"{platform.system()} {platform.machine()}, {platform.processor() or 'cpu'}, "
+            f"mlx {mx.__version__} {mx.default_device()}")
+
+
+def read_toml(path: Path) -> dict:
+    import tomllib
+
+    return tomllib.loads(path.read_text())
+
+
+def stage_data(work: Path) -> None:
+    if (work / "data" / "meta.json").exists():
+        return
+    files = sorted(str(p) for p in CORPUS.glob("*.txt.gz"))
+    train_tokenizer(files, 8192, work / "tok", max_sentences=400_000)
+    prepare(files, str(work / "tok"), str(work / "data"), val_fraction=0.01, force=True)
+    heldout = "".join(c.text for c in iter_chunks(files, 0.01) if c.val)
+    (work / "heldout.txt").write_text(heldout, encoding="utf-8")
+
+
+def run_trainer(cfg: Config, out: Path, data: Path) -> float:
+    """Train (or finish) the run in ``out``; returns its training wall time in seconds."""
+    from cocomix_mlx.checkpoint import recover
+    from cocomix_mlx.trainer import Trainer
+
+    model = build_model(cfg.model, seed=cfg.train.seed, mode=cfg.train.mode, concept=cfg.concept)
+    meta = json.loads((data / "meta.json").read_text())
+    trainer = Trainer(cfg, model, build_objective(cfg, meta), data, out)
+    recover(out)
+    if (out / "trainer_state.json").exists():
+        trainer.resume()
+    elif out.exists():
+        shutil.rmtree(out)
+    if trainer.state.step < cfg.train.steps:
+        trainer.train()
+    return trainer.state.elapsed
+
+
+def stage_teacher(work: Path) -> None:
+    if (work / "teacher" / "done").exists():
+        return
+    cfg = load_toml(CONFIGS / "teacher.toml")
+    run_trainer(cfg, work / "teacher", work / "data")
+    result = {"val": perplexity(str(work / "teacher"), str(work / "data")),
+              "tokens": cfg.train.steps * cfg.train.batch_size * cfg.train.seq_len}
+    (RESULTS / "teacher.json").write_text(json.dumps(result, indent=1) + "\n")
+    (work / "teacher" / "done").touch()
+
+
+def stage_sae(work: Path) -> None:
+    from cocomix_mlx.checkpoint import load_model
+    from cocomix_mlx.models.sae import load_sae
+    from cocomix_mlx.sae_analysis import evaluate_sae
+    from cocomix_mlx.sae_trainer import SAETrainConfig, SAETrainer
+
+    if (work / "sae" / "done").exists():
+        return
+    spec = read_toml(CONFIGS / "sae.toml")
+    teacher, _ = load_model(work / "teacher")
+    trainer = SAETrainer(SAETrainConfig(**spec, save_every=100), teacher, work / "data",
+                         work / "sae", teacher_name="small_scale/teacher")
+    if (work / "sae" / "trainer_state.json").exists():
+        trainer.resume()
+    trainer.train()
+    quality = evaluate_sae(teacher, load_sae(work / "sae"), spec["layer"], work / "data",
+                           batches=50)
+    (RESULTS / "sae.json").write_text(json.dumps(quality, indent=1, default=float) + "\n")
+    (work / "sae" / "done").touch()
+
+
+def n_params(cfg: Config) -> int:
+    from mlx.utils import tree_flatten
+
+    model = build_model(cfg.model, mode=cfg.train.mode, concept=cfg.concept)
+    return sum(v.size for _, v in tree_flatten(model.parameters()))
+
+
+def student_config(variant: str, seed: int, work: Path) -> Config:
+    sae = read_toml(CONFIGS / "sae.toml")
+    cfg = from_dict(read_toml(CONFIGS / "base.toml"))
+    cfg = from_dict(read_toml(CONFIGS / f"{variant}.toml"), base=cfg)
+    apply_overrides(cfg, {"seed": seed, "concept.concept_dim": sae["latents"],
+                          "concept.sae_layer": sae["layer"], "teacher": str(work / "teacher"),
+                          "sae": str(work / "sae")})
+    if variant in WIDENED:
+        target = n_params(student_config("cocomix", seed, work))
+        heads = cfg.model.n_head
+        widths = range(cfg.model.n_embd, 4 * cfg.model.n_embd + 1, heads)
+
+        def gap(d: int) -> int:
+            cfg.model.n_embd = d
+            return abs(n_params(cfg) - target)
+
+        cfg.model.n_embd = min(widths, key=gap)
+    return cfg
+
+
+def stage_students(work: Path, seeds: list[int], variants: list[str]) -> None:
+    heldout = (work / "heldout.txt").read_text(encoding="utf-8")
+    items = last_word_items(heldout, LAMBADA_ITEMS)
+    for seed in seeds:
+        for variant in variants:
+            name = f"{variant}-s{seed}"
+            if (RESULTS / f"{name}.json").exists():
+                continue
+            cfg = student_config(variant, seed, work)
+            out = work / "runs" / name
+            started = time.time()
+            elapsed = run_trainer(cfg, out, work / "data")
+            import cocomix_mlx as cm
+
+            model, tokenizer = cm.load(out)
+            result = {
+                "variant": variant, "seed": seed, "n_embd": cfg.model.n_embd,
+                "params": n_params(cfg), "tokens": cfg.train.steps * cfg.train.batch_size
+                * cfg.train.seq_len, "train_s": round(elapsed, 1),
+                "val": perplexity(str(out), str(work / "data")),
+                "lambada": last_word(model, tokenizer, items), "machine": machine(),
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_s": round(time.time() - started, 1),
+            }
+            (RESULTS / "curves").mkdir(exist_ok=True)
+            shutil.copy(out / "metrics.jsonl", RESULTS / "curves" / f"{name}.jsonl")
+            tmp = RESULTS / f".{name}.json.tmp"
+            tmp.write_text(json.dumps(result, indent=1) + "\n")
+            tmp.replace(RESULTS / f"{name}.json")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stages", nargs="*", default=["data", "teacher", "sae", "students", "report"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    parser.add_argument("--work", type=Path, default=HERE / "work")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(exist_ok=True)
+    for stage in args.stages:
+        if stage == "data":
+            stage_data(args.work)
+        elif stage == "teacher":
+            stage_teacher(args.work)
+        elif stage == "sae":
+            stage_sae(args.work)
+        elif stage == "students":
+            stage_students(args.work, args.seeds, args.variants)
+        elif stage == "report":
+            from report import report
+
+            report()
+        else:
+            parser.error(f"unknown stage {stage}")
+
+
+if __name__ == "__main__":
+    main()
