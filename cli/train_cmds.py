@@ -96,7 +96,9 @@ def run_training(trainer) -> dict:
             bar.update(task, completed=info["step"], loss=f"{info['loss']:.3f}",
                        speed=f"{info['tokens_per_s']:.0f}")
         elif event == "eval":
-            bar.console.print(f"step {info['step']}: val loss {info['val_loss']:.4f} "
+            ntp = info.get("val_ntp_loss", info["val_loss"])
+            extra = f", next-token {ntp:.4f}" if abs(ntp - info["val_loss"]) > 1e-9 else ""
+            bar.console.print(f"step {info['step']}: val loss {info['val_loss']:.4f}{extra} "
                               f"(ppl {info['val_ppl']:.2f})")
 
     with bar:

@@ -185,7 +185,8 @@ class Trainer:
             return {}
         out = {f"val_{k}": v / n for k, v in sums.items()}
         out["val_loss"] = total / n
-        out["val_ppl"] = math.exp(min(out["val_loss"], 50.0))
+        # perplexity is of the next-token loss alone (the objective may add concept or KD terms)
+        out["val_ppl"] = math.exp(min(out.get("val_ntp_loss", out["val_loss"]), 50.0))
         return out
 
     # ---- checkpoints ---------------------------------------------------------------------

@@ -183,6 +183,7 @@ def test_cocomix_run_learns_loads_and_resumes(mobydick_data, teacher_and_sae_dir
     assert final("ntp_loss") < first("ntp_loss") - 0.5
     assert final("concept_recall") > first("concept_recall")
     assert "val_concept_loss" in last
+    assert last["val_ppl"] == pytest.approx(np.exp(last["val_ntp_loss"]))  # not of the joint loss
     model, tokenizer = cm.load(tmp_path / "run")
     assert isinstance(model, cocomix_module.Model) and model.args.insert_layer == 1
     tokens = mx.array([tokenizer.encode("Call me Ishmael.")])
