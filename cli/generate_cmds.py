@@ -69,13 +69,12 @@ def concepts(
 
     import cocomix_mlx as cm
     from cocomix_mlx.generate import predicted_concepts
-    from cocomix_mlx.sae_analysis import concept_names
+    from cocomix_mlx.sae_analysis import read_dictionary
 
     net, tokenizer = cm.load(model)
     labels = None
     if dictionary is not None:
-        labels = {i: name.rsplit("#", 1)[0]
-                  for name, i in concept_names(dictionary).items() if "#" in name}
+        labels = {item["index"]: item["label"] for item in read_dictionary(dictionary)}
     rows = predicted_concepts(net, tokenizer, text, top, labels)
     if as_json:
         console.print_json(json.dumps(rows))

@@ -27,13 +27,25 @@ def weights_dir(given: Optional[Path]) -> Path:
 
 def pick_concept(dictionary: Path) -> tuple[int, str]:
     """The most frequent concept labelled by one whole word, for the steering demo."""
-    import json
+    from cocomix_mlx.sae_analysis import read_dictionary
 
-    latents = json.loads(dictionary.read_text(encoding="utf-8"))["latents"]
+    latents = read_dictionary(dictionary)
     words = [x for x in latents if x["label"].isalpha() and len(x["label"]) >= 3
              and x["label"] not in ("dead", "misc")]
     best = max(words or latents, key=lambda x: x["frequency"])
     return best["index"], best["label"]
+
+
+def steering_demo(model, tokenizer, dictionary: Path, alpha: float, max_tokens: int):
+    """``(index, label, plain, steered)``: two samples with the same seed, the second with the
+    demo concept's predicted logit scaled by ``alpha`` over the generated text."""
+    import cocomix_mlx as cm
+
+    index, label = pick_concept(dictionary)
+    plain = cm.generate(model, tokenizer, PROMPT, max_tokens=max_tokens, **SAMPLING)
+    steered = cm.generate(model, tokenizer, PROMPT, max_tokens=max_tokens, steer={index: alpha},
+                          span="generated", **SAMPLING)
+    return index, label, plain, steered
 
 
 def quickstart(
@@ -104,10 +116,8 @@ def quickstart(
     console.print(table)
 
     model, tokenizer = cm.load(out / "cocomix")
-    index, label = pick_concept(shipped / "concepts.json")
-    plain = cm.generate(model, tokenizer, PROMPT, max_tokens=max_tokens, **SAMPLING)
-    steered = cm.generate(model, tokenizer, PROMPT, max_tokens=max_tokens, steer={index: alpha},
-                          span="generated", **SAMPLING)
+    index, label, plain, steered = steering_demo(model, tokenizer, shipped / "concepts.json",
+                                                 alpha, max_tokens)
     samples = Table(title=f"samples (same seed); steered: concept {index} “{label}” × {alpha:g}",
                     show_lines=True)
     samples.add_column("plain")

@@ -28,11 +28,10 @@ def pretrain(
 ):
     """Pretrain a model. Any config key can be overridden: --lr 3e-4 --model.n_layer 4 ..."""
     from cocomix_mlx import config as cfgmod
-    from cocomix_mlx.models import build_model
+    from cocomix_mlx.models import build_model, num_parameters
     from cocomix_mlx.objectives import build_objective
     from cocomix_mlx.data import load_meta
     from cocomix_mlx.trainer import Trainer, config_from_checkpoint
-    from mlx.utils import tree_flatten
 
     if resume and force:
         fail("--resume and --force exclude each other")
@@ -77,7 +76,7 @@ def pretrain(
     elif out.exists() and force:
         shutil.rmtree(out)
     if trainer.rank == 0:
-        n_params = sum(v.size for _, v in tree_flatten(model.parameters()))
+        n_params = num_parameters(model)
         console.print(f"[bold]{cfg.train.mode}[/] model: {n_params / 1e6:.2f}M parameters, "
                       f"d={cfg.model.n_embd} L={cfg.model.n_layer} H={cfg.model.n_head} "
                       f"V={cfg.model.vocab_size}; {cfg.train.steps} steps of "

@@ -54,10 +54,8 @@ def load_pickle(path: Path) -> dict[str, Any]:
         if isinstance(v, torch.Tensor):
             v = v.detach()
             out[k] = mx.array(v.float().numpy() if v.is_floating_point() else v.numpy())
-            mx.eval(out[k])
         else:
             out[k] = v
-        del v
     return out
 
 

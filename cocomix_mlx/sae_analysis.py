@@ -126,15 +126,22 @@ def _label(max_tokens: list[str], promoted: list[str], count: int) -> str:
     return "/".join(words) if words else "misc"
 
 
+def read_dictionary(path: str | Path) -> list[dict]:
+    """The latents of a ``describe`` dictionary (index, label, frequency, contexts, promoted)."""
+    try:
+        latents = json.loads(Path(path).read_text(encoding="utf-8"))["latents"]
+        for item in latents:
+            item["index"], item["label"] = int(item["index"]), str(item["label"])
+        return latents
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise DataError(f"cannot read the concept dictionary {path}: {e}") from None
+
+
 def concept_names(path: str | Path) -> dict[str, int]:
     """Label → latent index from a ``describe`` dictionary (the first latent of each label;
     ``label#index`` always works)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        names: dict[str, int] = {}
-        for item in data["latents"]:
-            names.setdefault(item["label"], int(item["index"]))
-            names[f"{item['label']}#{item['index']}"] = int(item["index"])
-        return names
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise DataError(f"cannot read the concept dictionary {path}: {e}") from None
+    names: dict[str, int] = {}
+    for item in read_dictionary(path):
+        names.setdefault(item["label"], item["index"])
+        names[f"{item['label']}#{item['index']}"] = item["index"]
+    return names

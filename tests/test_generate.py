@@ -96,6 +96,13 @@ def test_cli_concepts_lists_top_predicted_concepts(tok_dir, tmp_path):
     assert len(rows) == len(ids)
     for t, row in enumerate(rows):
         assert [c["index"] for c in row["concepts"]] == np.argsort(-np.array(z[0, t]))[:3].tolist()
+    dictionary = {"latents": [{"index": i, "label": f"c{i}", "frequency": 0.1} for i in range(64)]}
+    (tmp_path / "concepts.json").write_text(json.dumps(dictionary))
+    r = cocomix("concepts", "the whale", "--model", tmp_path / "m", "--top", "3", "--json",
+                "--concepts", tmp_path / "concepts.json")
+    assert r.returncode == 0, r.stderr
+    labelled = json.loads(r.stdout)
+    assert all(c["label"] == f"c{c['index']}" for row in labelled for c in row["concepts"])
     assert cocomix("concepts", "the", "--model", tmp_path / "missing").returncode == 2
 
 

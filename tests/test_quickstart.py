@@ -28,17 +28,15 @@ def test_shipped_weights_reproduce_recorded_perplexity(name, tmp_path_factory):
 
 
 def test_quickstart_end_to_end_and_steering_changes_the_sample(tmp_path):
-    from cocomix_mlx.cli.quickstart import PROMPT, SAMPLING, pick_concept
+    from cocomix_mlx.cli.quickstart import steering_demo
 
     r = cocomix("quickstart", "--steps", "3", "--max-tokens", "16", "--out", tmp_path / "qs")
     assert r.returncode == 0, r.stderr
     assert "perplexity" in r.stdout and "steered" in r.stdout and "ntp" in r.stdout
     model, tok = cm.load(tmp_path / "qs" / "cocomix")
-    index, label = pick_concept(WEIGHTS / "concepts.json")
+    index, label, plain, steered = steering_demo(model, tok, WEIGHTS / "concepts.json", 8.0, 16)
     assert label in r.stdout
-    plain = cm.generate(model, tok, PROMPT, max_tokens=16, **SAMPLING)
-    steered = cm.generate(model, tok, PROMPT, max_tokens=16, steer={index: 8.0}, span="generated",
-                          **SAMPLING)
+    assert all(w in r.stdout for w in plain.split()[:1])  # the samples printed are these
     assert plain != steered
     r = cocomix("quickstart", "--steps", "3", "--out", tmp_path / "qs")
     assert r.returncode == 2 and "--force" in r.stderr

@@ -47,6 +47,12 @@ def build_model(cfg: ModelConfig, seed: int = 0, mode: str = "ntp",
     return model
 
 
+def num_parameters(model: nn.Module) -> int:
+    from mlx.utils import tree_flatten
+
+    return sum(v.size for _, v in tree_flatten(model.parameters()))
+
+
 def hf_config(model: nn.Module) -> dict[str, Any]:
     """The ``config.json`` fields (Hugging Face names) that rebuild ``model``."""
     a = model.args
