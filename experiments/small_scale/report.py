@@ -9,7 +9,6 @@ discussion around the markers is kept.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -22,12 +21,22 @@ LABELS = {
     "cocomix_activation": "CoCoMix, activation labels", "concept_only": "concept loss only",
     "mixing_only": "mixing only", "cocomix_add": "CoCoMix, add instead of interleave",
 }
+PAIRS = [  # (variant, reference): per-seed differences of validation perplexity
+    ("cocomix", "ntp"), ("kd", "ntp"), ("concept_only", "ntp"), ("concept_only", "cocomix"),
+    ("cocomix_activation", "cocomix"), ("cocomix_add", "ntp"), ("cocomix_add", "cocomix"),
+]
 
 
-def mean_std(values: list[float], digits: int = 2) -> str:
+def mean_std(values: list[float], digits: int = 2, sign: str = "") -> str:
     if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+        return f"{values[0]:{sign}.{digits}f}"
+    return f"{statistics.mean(values):{sign}.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def paired(runs: dict[str, dict[int, dict]], variant: str, reference: str) -> dict[int, float]:
+    """Per seed present in both: variant's validation perplexity minus the reference's."""
+    a, b = runs.get(variant, {}), runs.get(reference, {})
+    return {s: a[s]["val"]["ppl"] - b[s]["val"]["ppl"] for s in sorted(a.keys() & b.keys())}
 
 
 def load_runs() -> dict[str, dict[int, dict]]:
@@ -39,7 +48,6 @@ def load_runs() -> dict[str, dict[int, dict]]:
 
 
 def table(runs: dict[str, dict[int, dict]]) -> str:
-    ntp = {s: r["val"]["ppl"] for s, r in runs.get("ntp", {}).items()}
     lines = ["| model | d | params | tokens | seeds | val ppl | Δ ppl vs NTP (paired) | "
              "last-word acc % | last-word ppl | train min |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -48,10 +56,8 @@ def table(runs: dict[str, dict[int, dict]]) -> str:
             continue
         rs = list(runs[variant].values())
         ppl = [r["val"]["ppl"] for r in rs]
-        deltas = [r["val"]["ppl"] - ntp[s] for s, r in runs[variant].items() if s in ntp]
-        delta = "—" if variant == "ntp" or not deltas else (
-            f"{deltas[0]:+.2f}" if len(deltas) == 1 else
-            f"{statistics.mean(deltas):+.2f} ± {statistics.stdev(deltas):.2f}")
+        deltas = list(paired(runs, variant, "ntp").values())
+        delta = "—" if variant == "ntp" or not deltas else mean_std(deltas, sign="+")
         acc = [100 * r["lambada"]["acc"] for r in rs]
         word_ppl = [r["lambada"]["ppl"] for r in rs]
         lines.append(f"| {LABELS[variant]} | {rs[0]['n_embd']} | {rs[0]['params'] / 1e6:.2f} M | "
@@ -69,7 +75,21 @@ def table(runs: dict[str, dict[int, dict]]) -> str:
                      f"reconstruction spliced in (Δ {q['delta_loss']:+.3f})")
     machines = sorted({r["machine"] for v in runs.values() for r in v.values()})
     return "\n".join(lines + [""] + [f"- {e}" for e in extra] +
-                     [f"- machine: {m}" for m in machines])
+                      [f"- machine: {m}" for m in machines] + ["", pair_table(runs)])
+
+
+def pair_table(runs: dict[str, dict[int, dict]]) -> str:
+    """Paired differences of validation perplexity, seed by seed, then mean ± std."""
+    seeds = sorted({s for v in runs.values() for s in v})
+    lines = ["| comparison | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
+             "|---|" + "---:|" * (len(seeds) + 1)]
+    for variant, reference in PAIRS:
+        d = paired(runs, variant, reference)
+        if d:
+            cells = [f"{d[s]:+.1f}" if s in d else "" for s in seeds]
+            lines.append(f"| {LABELS[variant]} − {LABELS[reference]} | " + " | ".join(cells) +
+                         f" | {mean_std(list(d.values()), 1, '+')} |")
+    return "\n".join(lines)
 
 
 def curves(name: str) -> dict[str, list[tuple[int, float]]]:
@@ -113,7 +133,7 @@ def plot(runs: dict[str, dict[int, dict]], path: Path) -> None:
     val_ax.legend(fontsize=8)
     lo = min(v for variant in runs for s in runs[variant]
              for _, v in curves(f"{variant}-s{s}")["val_ntp_loss"])
-    val_ax.set_ylim(lo - 0.05, lo + 1.0 if math.isfinite(lo) else None)
+    val_ax.set_ylim(lo - 0.05, lo + 1.0)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 

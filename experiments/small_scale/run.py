@@ -24,10 +24,11 @@ from pathlib import Path
 
 import mlx.core as mx
 
+import cocomix_mlx as cm
 from cocomix_mlx.config import Config, apply_overrides, from_dict, load_toml
-from cocomix_mlx.data import iter_chunks, prepare
+from cocomix_mlx.data import iter_chunks, load_meta, prepare
 from cocomix_mlx.evaluate import last_word, last_word_items, perplexity
-from cocomix_mlx.models import build_model
+from cocomix_mlx.models import build_model, num_parameters
 from cocomix_mlx.objectives import build_objective
 from cocomix_mlx.tokenizer import train_tokenizer
 
@@ -68,8 +69,7 @@ def run_trainer(cfg: Config, out: Path, data: Path) -> float:
     from cocomix_mlx.trainer import Trainer
 
     model = build_model(cfg.model, seed=cfg.train.seed, mode=cfg.train.mode, concept=cfg.concept)
-    meta = json.loads((data / "meta.json").read_text())
-    trainer = Trainer(cfg, model, build_objective(cfg, meta), data, out)
+    trainer = Trainer(cfg, model, build_objective(cfg, load_meta(data)), data, out)
     recover(out)
     if (out / "trainer_state.json").exists():
         trainer.resume()
@@ -113,10 +113,7 @@ def stage_sae(work: Path) -> None:
 
 
 def n_params(cfg: Config) -> int:
-    from mlx.utils import tree_flatten
-
-    model = build_model(cfg.model, mode=cfg.train.mode, concept=cfg.concept)
-    return sum(v.size for _, v in tree_flatten(model.parameters()))
+    return num_parameters(build_model(cfg.model, mode=cfg.train.mode, concept=cfg.concept))
 
 
 def student_config(variant: str, seed: int, work: Path) -> Config:
@@ -126,16 +123,16 @@ def student_config(variant: str, seed: int, work: Path) -> Config:
     apply_overrides(cfg, {"seed": seed, "concept.concept_dim": sae["latents"],
                           "concept.sae_layer": sae["layer"], "teacher": str(work / "teacher"),
                           "sae": str(work / "sae")})
-    if variant in WIDENED:
+    if variant in WIDENED:  # the width (a multiple of n_head) whose count is nearest CoCoMix's
         target = n_params(student_config("cocomix", seed, work))
-        heads = cfg.model.n_head
-        widths = range(cfg.model.n_embd, 4 * cfg.model.n_embd + 1, heads)
-
-        def gap(d: int) -> int:
-            cfg.model.n_embd = d
-            return abs(n_params(cfg) - target)
-
-        cfg.model.n_embd = min(widths, key=gap)
+        gaps = {}
+        while True:
+            count = n_params(cfg)
+            gaps[cfg.model.n_embd] = abs(count - target)
+            if count >= target:
+                break
+            cfg.model.n_embd += cfg.model.n_head
+        cfg.model.n_embd = min(gaps, key=gaps.get)
     return cfg
 
 
@@ -151,12 +148,10 @@ def stage_students(work: Path, seeds: list[int], variants: list[str]) -> None:
             out = work / "runs" / name
             started = time.time()
             elapsed = run_trainer(cfg, out, work / "data")
-            import cocomix_mlx as cm
-
             model, tokenizer = cm.load(out)
             result = {
                 "variant": variant, "seed": seed, "n_embd": cfg.model.n_embd,
-                "params": n_params(cfg), "tokens": cfg.train.steps * cfg.train.batch_size
+                "params": num_parameters(model), "tokens": cfg.train.steps * cfg.train.batch_size
                 * cfg.train.seq_len, "train_s": round(elapsed, 1),
                 "val": perplexity(str(out), str(work / "data")),
                 "lambada": last_word(model, tokenizer, items), "machine": machine(),
