@@ -14,7 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .errors import ConfigError
-from .ops import cross_entropy, kth_largest, topk_indices
+from .ops import cross_entropy, head_cross_entropy, topk_indices
 
 Stage = Callable[[mx.array], mx.array]
 
@@ -88,7 +88,7 @@ def residual_and_grad(teacher: nn.Module, tokens: mx.array, layer: int):
     h = mx.stop_gradient(lower(tokens))
 
     def loss(h):
-        return cross_entropy(head(upper(h))[:, :-1], tokens[:, 1:])
+        return head_cross_entropy(upper(h)[:, :-1], tokens[:, 1:], head)
 
     return h, mx.grad(loss)(h)
 
@@ -121,6 +121,42 @@ def concept_labels(scores: mx.array, k_attr: int) -> tuple[mx.array, mx.array]:
     return labels, valid
 
 
+def sparse_top(values: mx.array, index: mx.array, k_attr: int) -> tuple[mx.array, mx.array]:
+    """:func:`concept_labels` of the dense (..., C) scores that are ``values`` at ``index``
+    (..., k) and zero elsewhere, without building them.
+
+    Where fewer than ``k_attr`` scores are positive the dense top-k includes zeros; they are
+    taken at the smallest indices outside ``index`` (among the first k + k_attr, so they exist).
+    """
+    k = index.shape[-1]
+    spare = mx.arange(k + k_attr)
+    taken = (index[..., None, :] == spare[:, None]).any(-1)
+    values = mx.concatenate([values, mx.where(taken, -mx.inf, 0.0).astype(values.dtype)], -1)
+    index = mx.concatenate([index, mx.broadcast_to(spare, taken.shape).astype(index.dtype)], -1)
+    labels = mx.take_along_axis(index, topk_indices(values, k_attr), -1)
+    valid = (values[..., :k] != 0).any(-1).astype(mx.float32)
+    return mx.stop_gradient(labels), mx.stop_gradient(valid)
+
+
+def attribution_labels(teacher: nn.Module, sae, tokens: mx.array, layer: int,
+                       k_attr: int) -> tuple[mx.array, mx.array]:
+    """``concept_labels(attribution(...), k_attr)``, computed only at the SAE's k active latents
+    (the attribution is zero elsewhere): the same labels without the dense (B, T, C) scores."""
+    check_sae(teacher, sae)
+    h, g = residual_and_grad(teacher, tokens, layer)
+    index, z = sae.encode_sparse(h)
+    return sparse_top(mx.take_along_axis(g @ sae.W_dec, index, -1) * z, index, k_attr)
+
+
+def activation_labels(teacher: nn.Module, sae, tokens: mx.array, layer: int,
+                      k_attr: int) -> tuple[mx.array, mx.array]:
+    """Ablation: ``concept_labels(activation_scores(...), k_attr)`` from the k active latents."""
+    check_sae(teacher, sae)
+    lower, _, _ = split_teacher(teacher, layer)
+    index, z = sae.encode_sparse(mx.stop_gradient(lower(tokens)))
+    return sparse_top(z, index, k_attr)
+
+
 def concept_loss(concept_logits: mx.array, labels: mx.array, valid: mx.array) -> mx.array:
     """``mean_i CE(z, label_i)`` averaged over the valid positions."""
     rows = cross_entropy(concept_logits, labels, reduction="none")
@@ -128,8 +164,12 @@ def concept_loss(concept_logits: mx.array, labels: mx.array, valid: mx.array) ->
 
 
 def concept_recall(concept_logits: mx.array, labels: mx.array, valid: mx.array) -> mx.array:
-    """Fraction of the labels found among the predicted top-``k_attr`` concepts (valid rows)."""
+    """Fraction of the labels found among the predicted top-``k_attr`` concepts (valid rows).
+
+    A label counts as found when fewer than ``k_attr`` logits of its row are above its own.
+    """
     k = labels.shape[-1]
-    hits = (mx.take_along_axis(concept_logits, labels, -1) >= kth_largest(concept_logits, k))
-    hits = hits.sum(-1) / k
+    z = mx.stop_gradient(concept_logits)
+    own = mx.take_along_axis(z, labels, -1)
+    hits = sum(((z > own[..., i:i + 1]).sum(-1) < k).astype(mx.float32) for i in range(k)) / k
     return (hits * valid).sum() / mx.maximum(valid.sum(), 1.0)

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import mlx.core as mx
 import mlx.nn as nn
 
-from .concepts import (activation_scores, attribution, check_sae, concept_labels, concept_loss,
+from .concepts import (activation_labels, attribution_labels, check_sae, concept_loss,
                        concept_recall, teacher_depth)
 from .config import Config, ConceptConfig
 from .errors import ConfigError
@@ -34,7 +34,7 @@ def cocomix(teacher: Optional[nn.Module], sae, cc: ConceptConfig) -> Objective:
 
     With ``λ = 0`` (the mixing-only ablation) no teacher is needed.
     """
-    scores_fn = attribution if cc.labels == "attribution" else activation_scores
+    labels_fn = attribution_labels if cc.labels == "attribution" else activation_labels
 
     def objective(model, inputs, targets):
         h, z = model.hidden_states(inputs, return_concepts=True)
@@ -42,7 +42,7 @@ def cocomix(teacher: Optional[nn.Module], sae, cc: ConceptConfig) -> Objective:
         metrics = {"ntp_loss": loss}
         if teacher is None or cc.lam == 0:
             return loss, metrics
-        labels, valid = concept_labels(scores_fn(teacher, sae, inputs, cc.sae_layer), cc.k_attr)
+        labels, valid = labels_fn(teacher, sae, inputs, cc.sae_layer, cc.k_attr)
         if not cc.mask_zero_rows:
             valid = mx.ones_like(valid)
         closs = concept_loss(z, labels, valid)

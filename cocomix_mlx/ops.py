@@ -59,23 +59,12 @@ def topk_indices(z: mx.array, k: int) -> mx.array:
     loop per row, so two threads halve it).
     """
     z = mx.stop_gradient(z)
-    streams = parallel_streams()
     rows = z.reshape(-1, z.shape[-1])
-    n = rows.shape[0]
-    if len(streams) < 2 or n < 64:
-        return mx.argpartition(-z, kth=k - 1, axis=-1)[..., :k]
-    step = -(-n // len(streams))
     parts = []
-    for i, stream in enumerate(streams):
-        with mx.stream(stream):
-            part = rows[i * step:(i + 1) * step]
-            parts.append(mx.argpartition(-part, kth=k - 1, axis=-1)[:, :k])
-    return mx.concatenate(parts).reshape(*z.shape[:-1], k)
-
-
-def kth_largest(z: mx.array, k: int) -> mx.array:
-    """The ``k``-th largest value of ``z`` along the last axis (keepdims, no grad)."""
-    return mx.stop_gradient(mx.topk(mx.stop_gradient(z), k, axis=-1).min(-1, keepdims=True))
+    for stream, sl in _row_parts(rows.shape[0]):
+        with mx.stream(stream or mx.default_stream(mx.default_device())):
+            parts.append(mx.argpartition(-rows[sl], kth=k - 1, axis=-1)[:, :k])
+    return (parts[0] if len(parts) == 1 else mx.concatenate(parts)).reshape(*z.shape[:-1], k)
 
 
 def keep_topk(z: mx.array, k: int, relu: bool = False) -> mx.array:
@@ -150,22 +139,41 @@ def _ce_rows(stream):
     return rows
 
 
+def _row_parts(n: int) -> list[tuple]:
+    """``(stream, slice)`` pairs cutting ``n`` rows over :func:`parallel_streams` (one part on
+    the default stream where there is nothing to split)."""
+    streams = parallel_streams()
+    if len(streams) < 2 or n < 64:
+        return [(None, slice(0, n))]
+    step = -(-n // len(streams))
+    return [(s, slice(i * step, min(n, (i + 1) * step))) for i, s in enumerate(streams)]
+
+
+def _reduce_rows(parts: list[mx.array], n: int, shape, reduction: str) -> mx.array:
+    if reduction == "none":
+        return (parts[0] if len(parts) == 1 else mx.concatenate(parts)).reshape(shape)
+    total = sum(p.sum() for p in parts)
+    return total / n if reduction == "mean" else total
+
+
 def cross_entropy(logits: mx.array, targets: mx.array, reduction: str = "mean") -> mx.array:
     """Cross-entropy of ``logits`` (..., V) against integer ``targets`` (...), in fp32.
 
     ``targets`` shaped (..., m) like ``logits`` gives each row the mean of its m cross-entropies
-    (the m targets of a row must be distinct). ``reduction`` is ``"mean"``, ``"sum"`` or ``"none"`` (per position, shaped like ``targets``).
+    (the m targets of a row must be distinct). ``reduction`` is ``"mean"``, ``"sum"`` or
+    ``"none"`` (per position, shaped like ``targets`` without the m axis). On the CPU the rows
+    are split over :func:`parallel_streams`.
     """
     multi = targets.ndim == logits.ndim
     shape = targets.shape[:-1] if multi else targets.shape
     flat = targets.reshape(-1, targets.shape[-1]) if multi else targets.reshape(-1)
-    stream = mx.default_stream(mx.default_device())
-    rows = _ce_rows(stream)(logits.reshape(-1, logits.shape[-1]), flat)[0]
-    if reduction == "mean":
-        return rows.mean()
-    if reduction == "sum":
-        return rows.sum()
-    return rows.reshape(shape)
+    logits = logits.reshape(-1, logits.shape[-1])
+    n, parts = flat.shape[0], []
+    for stream, sl in _row_parts(n):
+        stream = stream or mx.default_stream(mx.default_device())
+        with mx.stream(stream):
+            parts.append(_ce_rows(stream)(logits[sl], flat[sl])[0])
+    return _reduce_rows(parts, n, shape, reduction)
 
 
 def head_cross_entropy(h: mx.array, targets: mx.array, head, reduction: str = "mean") -> mx.array:
@@ -178,17 +186,9 @@ def head_cross_entropy(h: mx.array, targets: mx.array, head, reduction: str = "m
     shape = targets.shape
     h = h.reshape(-1, h.shape[-1])
     targets = targets.reshape(-1)
-    streams = parallel_streams()
-    n = h.shape[0]
-    if len(streams) < 2 or n < 2 * len(streams):
-        return cross_entropy(head(h), targets, reduction)
-    step = -(-n // len(streams))
-    parts = []
-    for i, stream in enumerate(streams):
+    n, parts = h.shape[0], []
+    for stream, sl in _row_parts(n):
+        stream = stream or mx.default_stream(mx.default_device())
         with mx.stream(stream):
-            sl = slice(i * step, min(n, (i + 1) * step))
             parts.append(_ce_rows(stream)(head(h[sl]), targets[sl])[0])
-    if reduction == "none":
-        return mx.concatenate(parts).reshape(shape)
-    total = sum(p.sum() for p in parts)
-    return total / n if reduction == "mean" else total
+    return _reduce_rows(parts, n, shape, reduction)

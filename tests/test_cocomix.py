@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
-from cocomix_mlx.concepts import attribution, concept_labels, residual_and_grad
+from cocomix_mlx.concepts import (activation_labels, activation_scores, attribution, attribution_labels,
+                                 concept_labels, concept_recall, residual_and_grad, sparse_top)
 from cocomix_mlx.config import ConceptConfig, ModelConfig
 from cocomix_mlx.models import build_model
 from cocomix_mlx.models.sae import SAEConfig, TopKSAE
@@ -115,6 +116,43 @@ def test_attribution_matches_finite_differences():
     assert np.array(valid).tolist() == [[1, 1, 1, 1, 1, 0]]
     picked = np.sort(np.take_along_axis(ours, np.array(labels), -1), -1)
     np.testing.assert_array_equal(picked, np.sort(ours, -1)[..., -4:])  # the 4 largest (ties aside)
+    fast, fast_valid = attribution_labels(teacher, sae, mx.array(tokens), layer, 4)
+    np.testing.assert_array_equal(np.sort(np.array(fast), -1)[:, :-1], np.sort(np.array(labels), -1)[:, :-1])
+    np.testing.assert_array_equal(np.array(fast_valid), np.array(valid))
+    act, act_valid = activation_labels(teacher, sae, mx.array(tokens), layer, 4)
+    dense = np.array(activation_scores(teacher, sae, mx.array(tokens), layer))
+    np.testing.assert_array_equal(np.sort(np.take_along_axis(dense, np.array(act), -1), -1),
+                                  np.sort(dense, -1)[..., -4:])
+    assert np.array(act_valid).all()
+
+
+def test_sparse_top_equals_dense_top_k_including_zero_ties():
+    rng = np.random.default_rng(11)
+    C, k, k_attr = 40, 6, 4
+    index = np.stack([rng.permutation(C)[:k] for _ in range(50)])
+    values = rng.normal(size=(50, k)).astype(np.float32)
+    values[:20] = -np.abs(values[:20])  # no positive score: the top-4 has zeros
+    values[20:30, :3] = -np.abs(values[20:30, :3])
+    values[20:30, 3:] = 0.0
+    values[30] = 0.0  # all zero: masked
+    dense = np.zeros((50, C), np.float32)
+    np.put_along_axis(dense, index, values, -1)
+    labels, valid = sparse_top(mx.array(values), mx.array(index), k_attr)
+    labels = np.array(labels)
+    assert [len(set(r)) for r in labels] == [k_attr] * 50
+    np.testing.assert_array_equal(np.sort(np.take_along_axis(dense, labels, -1), -1),
+                                  np.sort(dense, -1)[:, -k_attr:])
+    np.testing.assert_array_equal(np.array(valid), (dense != 0).any(-1))
+
+
+def test_concept_recall_counts_labels_in_the_predicted_top_k():
+    z = np.random.default_rng(12).normal(size=(3, 5, 30)).astype(np.float32)
+    labels = np.argsort(-z, -1)[..., :4].copy()
+    labels[0, :, :2] = np.argsort(-z, -1)[0, :, 10:12]  # two of four outside the top 4
+    valid = np.ones((3, 5), np.float32)
+    valid[2] = 0
+    recall = concept_recall(mx.array(z), mx.array(labels), mx.array(valid)).item()
+    assert recall == pytest.approx((5 * 0.5 + 5 * 1.0) / 10)
 
 
 def test_gradients_reach_predictor_through_kept_entries_and_concept_loss():

@@ -18,7 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import CheckpointError
-from ..ops import keep_topk, standardize
+from ..ops import keep_topk, standardize, topk_indices
 
 Stats = Optional[tuple[mx.array, mx.array]]  # (mu, std) of the encoder input, or None
 
@@ -72,6 +72,14 @@ class TopKSAE(nn.Module):
         x, stats = self.preprocess(h)
         z = keep_topk(self.pre_activations(x), self.cfg.k, relu=True)
         return (z, stats) if return_stats else z
+
+    def encode_sparse(self, h: mx.array) -> tuple[mx.array, mx.array]:
+        """``(index, values)`` (..., k): where :meth:`encode`'s latents may be non-zero, and
+        their values."""
+        x, _ = self.preprocess(h)
+        pre = self.pre_activations(x)
+        index = topk_indices(pre, self.cfg.k)
+        return index, mx.maximum(mx.take_along_axis(pre, index, -1), 0)
 
     def decode(self, z: mx.array, stats: Stats = None) -> mx.array:
         """z W_dᵀ + pre_bias, de-standardized with ``stats`` when given (else normalized space)."""
