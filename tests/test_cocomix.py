@@ -7,7 +7,8 @@ import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
 from cocomix_mlx.concepts import (activation_labels, activation_scores, attribution, attribution_labels,
-                                 concept_labels, concept_recall, residual_and_grad, sparse_top)
+                                 concept_labels, concept_recall, residual_and_grad, sparse_top,
+                                 split_teacher)
 from cocomix_mlx.config import ConceptConfig, ModelConfig
 from cocomix_mlx.models import build_model
 from cocomix_mlx.models.sae import SAEConfig, TopKSAE
@@ -270,3 +271,27 @@ def test_cli_modes_and_one_line_errors(mobydick_data, teacher_and_sae_dirs, tmp_
         lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
         assert r.returncode == 2 and len(lines) == 1 and needle in r.stderr, (args, r.stderr)
         assert not (tmp_path / f"bad{i}").exists()
+
+
+def test_llama_teacher_split_matches_mlx_lm_forward():
+    from mlx_lm.models import llama
+
+    args = llama.ModelArgs(model_type="llama", hidden_size=64, num_hidden_layers=3,
+                           intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+                           rms_norm_eps=1e-5, vocab_size=97, tie_word_embeddings=True)
+    mx.random.seed(3)
+    teacher = llama.Model(args)
+    teacher.eval()
+    tokens = mx.array(np.random.default_rng(13).integers(0, 97, (2, 128)))
+    lower, upper, head = split_teacher(teacher, 1)
+    ours = head(upper(lower(tokens)))
+    np.testing.assert_allclose(np.array(ours), np.array(teacher(tokens)), atol=2e-5, rtol=1e-4)
+    h, g = residual_and_grad(teacher, tokens, 1)
+    assert h.shape == (2, 128, 64) and np.abs(np.array(g)[:, -1]).max() == 0
+    sae = TopKSAE(SAEConfig(d=64, latents=256, k=8))
+    sae.encoder.weight = sae.decoder.weight.T
+    labels, valid = attribution_labels(teacher, sae, tokens, 1, 4)
+    dense_labels, dense_valid = concept_labels(attribution(teacher, sae, tokens, 1), 4)
+    np.testing.assert_array_equal(np.sort(np.array(labels), -1)[:, :-1],
+                                  np.sort(np.array(dense_labels), -1)[:, :-1])
+    np.testing.assert_array_equal(np.array(valid), np.array(dense_valid))
