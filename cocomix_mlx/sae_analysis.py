@@ -29,7 +29,12 @@ def _windows(data_dir: str | Path, split: str, batch_size: int, seq_len: int, ba
 def evaluate_sae(teacher: nn.Module, sae, layer: int, data_dir: str | Path, batches: int = 20,
                  batch_size: int = 8, seq_len: int = 128, split: str = "val") -> dict[str, float]:
     """FVU and L0 of the reconstruction, the fraction of latents that never fire, and the
-    teacher's next-token loss with block ``layer``'s output replaced by the reconstruction."""
+    teacher's next-token loss with block ``layer``'s output replaced by the reconstruction.
+
+    Position 0 of each window is left out, as in training: with no context before it, it is an
+    attention sink in many models (activations orders of magnitude larger than elsewhere); its
+    residual is kept as it is when the others are replaced.
+    """
     check_sae(teacher, sae)
     lower, upper, head = split_teacher(teacher, layer)
     seq_len = min(seq_len, context_length(teacher))
@@ -37,13 +42,14 @@ def evaluate_sae(teacher: nn.Module, sae, layer: int, data_dir: str | Path, batc
     @mx.compile
     def measure(inputs, targets):
         h = lower(inputs).astype(mx.float32)
-        z, stats = sae.encode(h, return_stats=True)
+        z, stats = sae.encode(h[:, 1:], return_stats=True)
         recon = sae.decode(z, stats)
-        x = h.reshape(-1, h.shape[-1])
+        x = h[:, 1:].reshape(-1, h.shape[-1])
         err = ((recon.reshape(x.shape) - x) ** 2).sum()
         var = ((x - x.mean(0, keepdims=True)) ** 2).sum()
         clean = cross_entropy(head(upper(h)), targets)
-        spliced = cross_entropy(head(upper(recon.astype(h.dtype))), targets)
+        spliced = mx.concatenate([h[:, :1], recon], axis=1).astype(h.dtype)
+        spliced = cross_entropy(head(upper(spliced)), targets)
         return err, var, (z > 0).sum(-1).mean(), (z > 0).reshape(-1, z.shape[-1]).any(0), clean, spliced
 
     totals = np.zeros(5)

@@ -97,19 +97,19 @@ def stage_sae(work: Path) -> None:
     from cocomix_mlx.sae_analysis import evaluate_sae
     from cocomix_mlx.sae_trainer import SAETrainConfig, SAETrainer
 
-    if (work / "sae" / "done").exists():
-        return
     spec = read_toml(CONFIGS / "sae.toml")
     teacher, _ = load_model(work / "teacher")
-    trainer = SAETrainer(SAETrainConfig(**spec, save_every=100), teacher, work / "data",
-                         work / "sae", teacher_name="small_scale/teacher")
-    if (work / "sae" / "trainer_state.json").exists():
-        trainer.resume()
-    trainer.train()
-    quality = evaluate_sae(teacher, load_sae(work / "sae"), spec["layer"], work / "data",
-                           batches=50)
-    (RESULTS / "sae.json").write_text(json.dumps(quality, indent=1, default=float) + "\n")
-    (work / "sae" / "done").touch()
+    if not (work / "sae" / "done").exists():
+        trainer = SAETrainer(SAETrainConfig(**spec, save_every=100), teacher, work / "data",
+                             work / "sae", teacher_name="small_scale/teacher")
+        if (work / "sae" / "trainer_state.json").exists():
+            trainer.resume()
+        trainer.train()
+        (work / "sae" / "done").touch()
+    if not (RESULTS / "sae.json").exists():
+        quality = evaluate_sae(teacher, load_sae(work / "sae"), spec["layer"], work / "data",
+                               batches=50)
+        (RESULTS / "sae.json").write_text(json.dumps(quality, indent=1, default=float) + "\n")
 
 
 def n_params(cfg: Config) -> int:
