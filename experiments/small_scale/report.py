@@ -21,6 +21,16 @@ LABELS = {
     "cocomix_activation": "CoCoMix, activation labels", "concept_only": "concept loss only",
     "mixing_only": "mixing only", "cocomix_add": "CoCoMix, add instead of interleave",
 }
+SUITES = {  # variant-name prefix → heading of its table
+    "": "Students with 4 blocks, concept inserted before block 2",
+    "deep_": "Deeper students: 8 blocks, concept inserted before block 3",
+}
+
+
+def suite_of(variant: str) -> str:
+    return next((p for p in SUITES if p and variant.startswith(p)), "")
+
+
 PAIRS = [  # (variant, reference): per-seed differences of validation perplexity
     ("cocomix", "ntp"), ("kd", "ntp"), ("concept_only", "ntp"), ("concept_only", "cocomix"),
     ("cocomix_activation", "cocomix"), ("cocomix_add", "ntp"), ("cocomix_add", "cocomix"),
@@ -47,23 +57,26 @@ def load_runs() -> dict[str, dict[int, dict]]:
     return runs
 
 
-def table(runs: dict[str, dict[int, dict]]) -> str:
+def table(runs: dict[str, dict[int, dict]], prefix: str = "") -> str:
     lines = ["| model | d | params | tokens | seeds | val ppl | Δ ppl vs NTP (paired) | "
              "last-word acc % | last-word ppl | train min |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for variant in LABELS:
+    for kind in LABELS:
+        variant = prefix + kind
         if variant not in runs:
             continue
         rs = list(runs[variant].values())
         ppl = [r["val"]["ppl"] for r in rs]
-        deltas = list(paired(runs, variant, "ntp").values())
-        delta = "—" if variant == "ntp" or not deltas else mean_std(deltas, sign="+")
+        deltas = list(paired(runs, variant, prefix + "ntp").values())
+        delta = "—" if kind == "ntp" or not deltas else mean_std(deltas, sign="+")
         acc = [100 * r["lambada"]["acc"] for r in rs]
         word_ppl = [r["lambada"]["ppl"] for r in rs]
-        lines.append(f"| {LABELS[variant]} | {rs[0]['n_embd']} | {rs[0]['params'] / 1e6:.2f} M | "
+        lines.append(f"| {LABELS[kind]} | {rs[0]['n_embd']} | {rs[0]['params'] / 1e6:.2f} M | "
                      f"{rs[0]['tokens'] / 1e6:.2f} M | {len(rs)} | {mean_std(ppl)} | {delta} | "
                      f"{mean_std(acc)} | {mean_std(word_ppl, 0)} | {statistics.mean(r['train_s'] for r in rs) / 60:.1f} |")
     extra = []
+    if prefix:
+        return "\n".join(lines + ["", pair_table(runs, prefix)])
     if (RESULTS / "teacher.json").exists():
         t = json.loads((RESULTS / "teacher.json").read_text())
         extra.append(f"teacher: validation perplexity {t['val']['ppl']:.1f} after "
@@ -78,13 +91,13 @@ def table(runs: dict[str, dict[int, dict]]) -> str:
                       [f"- machine: {m}" for m in machines] + ["", pair_table(runs)])
 
 
-def pair_table(runs: dict[str, dict[int, dict]]) -> str:
+def pair_table(runs: dict[str, dict[int, dict]], prefix: str = "") -> str:
     """Paired differences of validation perplexity, seed by seed, then mean ± std."""
-    seeds = sorted({s for v in runs.values() for s in v})
+    seeds = sorted({s for v in runs if suite_of(v) == prefix for s in runs[v]})
     lines = ["| comparison | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
              "|---|" + "---:|" * (len(seeds) + 1)]
     for variant, reference in PAIRS:
-        d = paired(runs, variant, reference)
+        d = paired(runs, prefix + variant, prefix + reference)
         if d:
             cells = [f"{d[s]:+.1f}" if s in d else "" for s in seeds]
             lines.append(f"| {LABELS[variant]} − {LABELS[reference]} | " + " | ".join(cells) +
@@ -102,14 +115,15 @@ def curves(name: str) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def plot(runs: dict[str, dict[int, dict]], path: Path) -> None:
+def plot(runs: dict[str, dict[int, dict]], path: Path, prefix: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for i, variant in enumerate(v for v in LABELS if v in runs):
+    for i, kind in enumerate(v for v in LABELS if prefix + v in runs):
+        variant = prefix + kind
         per_seed = [curves(f"{variant}-s{s}") for s in sorted(runs[variant])]
         tokens = runs[variant][min(runs[variant])]["tokens"]
         steps = max(p for p, _ in per_seed[0]["ntp_loss"])
@@ -123,7 +137,7 @@ def plot(runs: dict[str, dict[int, dict]], path: Path) -> None:
             if key == "ntp_loss":  # moving average over 5 logged steps
                 ys = [statistics.mean(ys[max(0, j - 4):j + 1]) for j in range(len(ys))]
             ax.plot([x * tokens / steps / 1e6 for x in xs], ys, "-" if key == "ntp_loss" else "o-",
-                    color=f"C{i}", label=LABELS[variant])
+                    color=f"C{i}", label=LABELS[kind])
     train_ax.set_title("training next-token loss (mean over seeds)")
     val_ax.set_title("validation next-token loss (mean over seeds)")
     for ax in (train_ax, val_ax):
@@ -131,7 +145,7 @@ def plot(runs: dict[str, dict[int, dict]], path: Path) -> None:
         ax.set_ylabel("nats")
         ax.grid(alpha=0.3)
     val_ax.legend(fontsize=8)
-    lo = min(v for variant in runs for s in runs[variant]
+    lo = min(v for variant in runs if suite_of(variant) == prefix for s in runs[variant]
              for _, v in curves(f"{variant}-s{s}")["val_ntp_loss"])
     val_ax.set_ylim(lo - 0.05, lo + 1.0)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -144,9 +158,11 @@ def report() -> None:
     text = doc.read_text() if doc.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-    doc.write_text(f"{head}{BEGIN}\n{table(runs)}\n{END}{tail}")
-    if runs:
-        plot(runs, HERE / "loss_curves.png")
+    suites = [p for p in SUITES if any(suite_of(v) == p for v in runs)]
+    parts = [(f"### {SUITES[p]}\n\n" if len(suites) > 1 else "") + table(runs, p) for p in suites]
+    doc.write_text(f"{head}{BEGIN}\n" + "\n\n".join(parts) + f"\n{END}{tail}")
+    for p in suites:
+        plot(runs, HERE / f"loss_curves{'_' + p.rstrip('_') if p else ''}.png", p)
 
 
 if __name__ == "__main__":

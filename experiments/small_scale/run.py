@@ -9,6 +9,9 @@ skips what is already done and resumes a run that was cut off from its last chec
 script can be started again at any time. Models and shards live in ``--work`` (default
 ``experiments/small_scale/work``, not committed); each finished student writes
 ``results/VARIANT-sSEED.json`` and its ``metrics.jsonl``, which are committed.
+
+``--variants deep_ntp deep_cocomix deep_concept_only`` runs the same comparison on deeper
+students (``configs/deep.toml``: 8 blocks, concept inserted before block 3).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ RESULTS = HERE / "results"
 CORPUS = HERE.parents[1].parent / "shared" / "corpus"
 VARIANTS = ["ntp", "cocomix", "kd", "pause", "cocomix_activation", "concept_only", "mixing_only",
             "cocomix_add"]
+DEEP = "deep_"  # prefix: the variant on deeper students (configs/deep.toml applied first)
+DEEP_VARIANTS = [DEEP + v for v in ("ntp", "cocomix", "concept_only")]
 WIDENED = ("ntp", "kd", "pause")  # baselines widened to CoCoMix's parameter count, as in the paper
 LAMBADA_ITEMS = 500
 
@@ -119,12 +124,15 @@ def n_params(cfg: Config) -> int:
 def student_config(variant: str, seed: int, work: Path) -> Config:
     sae = read_toml(CONFIGS / "sae.toml")
     cfg = from_dict(read_toml(CONFIGS / "base.toml"))
-    cfg = from_dict(read_toml(CONFIGS / f"{variant}.toml"), base=cfg)
+    prefix, kind = (DEEP, variant[len(DEEP):]) if variant.startswith(DEEP) else ("", variant)
+    if prefix:
+        cfg = from_dict(read_toml(CONFIGS / "deep.toml"), base=cfg)
+    cfg = from_dict(read_toml(CONFIGS / f"{kind}.toml"), base=cfg)
     apply_overrides(cfg, {"seed": seed, "concept.concept_dim": sae["latents"],
                           "concept.sae_layer": sae["layer"], "teacher": str(work / "teacher"),
                           "sae": str(work / "sae")})
-    if variant in WIDENED:  # the width (a multiple of n_head) whose count is nearest CoCoMix's
-        target = n_params(student_config("cocomix", seed, work))
+    if kind in WIDENED:  # the width (a multiple of n_head) whose count is nearest CoCoMix's
+        target = n_params(student_config(prefix + "cocomix", seed, work))
         gaps = {}
         while True:
             count = n_params(cfg)
@@ -169,7 +177,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stages", nargs="*", default=["data", "teacher", "sae", "students", "report"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS + DEEP_VARIANTS,
+                        help="default: every variant but the deep_* ones")
     parser.add_argument("--work", type=Path, default=HERE / "work")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
