@@ -4,7 +4,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from cocomix_mlx.ops import cross_entropy, gelu_tanh, head_cross_entropy
+from cocomix_mlx.ops import cross_entropy, exp, gelu_tanh, head_cross_entropy
 
 
 def np_ce_rows(logits, targets):
@@ -27,6 +27,22 @@ def test_gelu_matches_tanh_form():
     far = mx.array([-11.0, -30.0, -1e6, 40.0])
     grad = np.array(mx.grad(lambda z: gelu_tanh(z).sum())(far))
     assert np.isfinite(grad).all() and np.allclose(grad, [0, 0, 0, 1], atol=1e-6)
+    x64 = np.linspace(-6, 6, 2001)
+    u = np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3)
+    du = np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x64**2)
+    ref_grad = 0.5 * (1 + np.tanh(u)) + 0.5 * x64 * (1 - np.tanh(u) ** 2) * du
+    grad = np.array(mx.grad(lambda z: gelu_tanh(z).sum())(mx.array(x64.astype(np.float32))))
+    assert np.abs(grad - ref_grad).max() < 2e-6
+
+
+def test_exp_is_accurate_everywhere_with_exact_edges():
+    x = np.concatenate([np.linspace(-87.3, 88.7, 1_000_001), [-1e-30, 0.0, 1e-30]]).astype(np.float32)
+    ours = np.array(exp(mx.array(x))).astype(np.float64)
+    assert np.abs(ours / np.exp(x.astype(np.float64)) - 1).max() < 2e-7
+    edges = np.array(exp(mx.array([-np.inf, -100.0, -87.5, 89.0, np.inf, np.nan], mx.float32)))
+    assert edges[:3].tolist() == [0, 0, 0] and np.isposinf(edges[3:5]).all() and np.isnan(edges[5])
+    g = np.array(mx.grad(lambda z: exp(z).sum())(mx.array([0.0, 1.5, -3.0])))
+    np.testing.assert_allclose(g, np.exp([0.0, 1.5, -3.0]), rtol=2e-7)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
