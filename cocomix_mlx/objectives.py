@@ -17,7 +17,7 @@ from .concepts import (activation_labels, attribution_labels, check_sae, concept
                        concept_recall, teacher_depth)
 from .config import Config, ConceptConfig
 from .errors import ConfigError
-from .ops import cross_entropy, exp, head_cross_entropy
+from .ops import cross_entropy, head_cross_entropy
 
 Objective = Callable[[nn.Module, mx.array, mx.array], tuple[mx.array, dict[str, mx.array]]]
 MODES = ("ntp", "cocomix", "kd", "pause")
@@ -57,7 +57,7 @@ def kl_divergence(teacher_logits: mx.array, student_logits: mx.array) -> mx.arra
     """Mean over positions of KL(p_teacher ‖ p_student) of next-token distributions."""
     log_p = teacher_logits - mx.logsumexp(teacher_logits, -1, keepdims=True)
     log_q = student_logits - mx.logsumexp(student_logits, -1, keepdims=True)
-    return (exp(log_p) * (log_p - log_q)).sum(-1).mean()
+    return (mx.exp(log_p) * (log_p - log_q)).sum(-1).mean()
 
 
 def kd(teacher: nn.Module, weight: float) -> Objective:
