@@ -129,7 +129,10 @@ class ActivationBuffer:
         rng = np.random.default_rng([c.seed, 7919, index])
         starts = rng.integers(0, len(self.data) - c.seq_len, size=windows)
         tokens = np.stack([self.data.tokens[s:s + c.seq_len] for s in starts]).astype(np.int32)
-        parts = [self.fn(mx.array(tokens[i:i + 32]))[:, 1:] for i in range(0, windows, 32)]
+        parts = []
+        for i in range(0, windows, 32):  # evaluated chunk by chunk: memory stays one chunk's
+            parts.append(self.fn(mx.array(tokens[i:i + 32]))[:, 1:])
+            mx.eval(parts[-1])
         acts = mx.concatenate(parts).reshape(-1, parts[0].shape[-1])[:need]
         self.rows = acts[mx.array(rng.permutation(need))]
         mx.eval(self.rows)
