@@ -20,6 +20,7 @@ LABELS = {
     "ntp": "NTP", "kd": "KD", "pause": "Pause", "cocomix": "CoCoMix",
     "cocomix_activation": "CoCoMix, activation labels", "concept_only": "concept loss only",
     "mixing_only": "mixing only", "cocomix_add": "CoCoMix, add instead of interleave",
+    "ntp_narrow": "NTP on CoCoMix's backbone (not widened)",
 }
 SUITES = {  # variant-name prefix → heading of its table
     "": "Students with 4 blocks, concept inserted before block 2",
@@ -34,6 +35,7 @@ def suite_of(variant: str) -> str:
 PAIRS = [  # (variant, reference): per-seed differences of validation perplexity
     ("cocomix", "ntp"), ("kd", "ntp"), ("concept_only", "ntp"), ("concept_only", "cocomix"),
     ("cocomix_activation", "cocomix"), ("cocomix_add", "ntp"), ("cocomix_add", "cocomix"),
+    ("ntp_narrow", "ntp"), ("cocomix", "ntp_narrow"), ("concept_only", "ntp_narrow"),
 ]
 
 

@@ -10,7 +10,7 @@ script can be started again at any time. Models and shards live in ``--work`` (d
 ``experiments/small_scale/work``, not committed); each finished student writes
 ``results/VARIANT-sSEED.json`` and its ``metrics.jsonl``, which are committed.
 
-``--variants deep_ntp deep_cocomix deep_concept_only`` runs the same comparison on deeper
+``--variants deep_ntp deep_cocomix deep_concept_only deep_ntp_narrow`` runs the same comparison on deeper
 students (``configs/deep.toml``: 8 blocks, concept inserted before block 3).
 """
 
@@ -40,9 +40,9 @@ CONFIGS = HERE / "configs"
 RESULTS = HERE / "results"
 CORPUS = HERE.parents[1].parent / "shared" / "corpus"
 VARIANTS = ["ntp", "cocomix", "kd", "pause", "cocomix_activation", "concept_only", "mixing_only",
-            "cocomix_add"]
+            "cocomix_add", "ntp_narrow"]
 DEEP = "deep_"  # prefix: the variant on deeper students (configs/deep.toml applied first)
-DEEP_VARIANTS = [DEEP + v for v in ("ntp", "cocomix", "concept_only")]
+DEEP_VARIANTS = [DEEP + v for v in ("ntp", "cocomix", "concept_only", "ntp_narrow")]
 WIDENED = ("ntp", "kd", "pause")  # baselines widened to CoCoMix's parameter count, as in the paper
 LAMBADA_ITEMS = 500
 
