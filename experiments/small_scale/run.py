@@ -10,8 +10,8 @@ script can be started again at any time. Models and shards live in ``--work`` (d
 ``experiments/small_scale/work``, not committed); each finished student writes
 ``results/VARIANT-sSEED.json`` and its ``metrics.jsonl``, which are committed.
 
-``--variants deep_ntp deep_cocomix deep_concept_only deep_ntp_narrow`` runs the same comparison on deeper
-students (``configs/deep.toml``: 8 blocks, concept inserted before block 3).
+``--variants deep_ntp deep_cocomix deep_concept_only deep_ntp_narrow`` runs the same comparison
+on deeper students (``configs/deep.toml``: 8 blocks, concept inserted before block 3).
 """
 
 from __future__ import annotations
