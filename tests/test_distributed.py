@@ -21,7 +21,7 @@ def test_two_process_step_equals_one_process_on_union_batch(tmp_path):
                     str(double)], check=True, env=env, timeout=300)
     a, b = mx.load(str(single)), mx.load(str(double))
     assert a.keys() == b.keys()
-    for key in a:
-        assert mx.abs(a[key] - b[key]).max().item() <= 1e-5, key
+    for key in a:  # one AdamW step at lr 1e-2: agree to 0.5% of the step size
+        assert mx.abs(a[key] - b[key]).max().item() <= 5e-5, key
     # the step moved the weights (the comparison is not vacuous)
     assert a["loss"].item() > 0 and a["grad_norm"].item() > 0
