@@ -8,15 +8,13 @@ SAE's post-TopK latents. Works for our GPT-2 and for mlx-lm Llama-family teacher
 
 from __future__ import annotations
 
-import sys
-from contextlib import contextmanager
 from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from .errors import ConfigError
-from .ops import causal_attention, cross_entropy, head_cross_entropy, parallel_streams, topk_indices
+from .ops import cross_entropy, head_cross_entropy, topk_indices
 
 Stage = Callable[[mx.array], mx.array]
 
@@ -36,44 +34,14 @@ def teacher_depth(teacher: nn.Module) -> int:
     return len(teacher.layers)
 
 
-@contextmanager
-def fast_causal_attention(layer: nn.Module):
-    """On the CPU, route an mlx-lm layer's uncached causal attention through
-    :func:`ops.causal_attention` (key blocks up to each query block, two streams) while inside.
-
-    Other masks, caches and attention sinks keep mlx-lm's own path; grouped key/value heads are
-    repeated to the query heads.
-    """
-    module = sys.modules.get(type(getattr(layer, "self_attn", layer)).__module__)
-    original = getattr(module, "scaled_dot_product_attention", None)
-    if original is None or not parallel_streams():
-        yield
-        return
-
-    def attention(queries, keys, values, cache, scale, mask, sinks=None):
-        if cache is None and sinks is None and isinstance(mask, str) and mask == "causal":
-            repeat = queries.shape[1] // keys.shape[1]
-            if repeat > 1:
-                keys, values = mx.repeat(keys, repeat, 1), mx.repeat(values, repeat, 1)
-            return causal_attention(queries, keys, values, scale)
-        return original(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
-
-    module.scaled_dot_product_attention = attention
-    try:
-        yield
-    finally:
-        module.scaled_dot_product_attention = original
-
-
 def _llama_blocks(model, h: mx.array, blocks) -> mx.array:
     from mlx_lm.models.base import create_attention_mask
 
     window = getattr(model, "sliding_window", None)
-    with fast_causal_attention(blocks[0] if blocks else model):
-        for block in blocks:
-            sliding = getattr(block, "use_sliding", False)
-            h = block(h, create_attention_mask(h, None, window_size=window if sliding else None),
-                      cache=None)
+    for block in blocks:
+        sliding = getattr(block, "use_sliding", False)
+        h = block(h, create_attention_mask(h, None, window_size=window if sliding else None),
+                  cache=None)
     return h
 
 

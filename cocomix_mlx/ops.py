@@ -108,25 +108,19 @@ def topk_indices(z: mx.array, k: int) -> mx.array:
     On the CPU the rows are partitioned on :func:`parallel_streams` (the partition is a scalar
     loop per row, so two threads halve it).
     """
-    z = mx.stop_gradient(z)
-    rows = z.reshape(-1, z.shape[-1])
-    parts = []
-    for stream, sl in _row_parts(rows.shape[0]):
-        with mx.stream(stream or mx.default_stream(mx.default_device())):
-            parts.append(mx.argpartition(-rows[sl], kth=k - 1, axis=-1)[:, :k])
-    return (parts[0] if len(parts) == 1 else mx.concatenate(parts)).reshape(*z.shape[:-1], k)
+    rows = mx.stop_gradient(z).reshape(-1, z.shape[-1])
+    parts = _over_rows(rows.shape[0],
+                       lambda _, sl: mx.argpartition(-rows[sl], kth=k - 1, axis=-1)[:, :k])
+    return _concat(parts).reshape(*z.shape[:-1], k)
 
 
-def keep_topk(z: mx.array, k: int, relu: bool = False) -> mx.array:
-    """``z`` with all but its ``k`` largest entries per row set to zero (optionally ReLU'd).
+def keep_topk(z: mx.array, k: int) -> mx.array:
+    """``z`` with all but its ``k`` largest entries per row set to zero.
 
     The gradient reaches exactly the kept entries.
     """
     idx = topk_indices(z, k)
-    values = mx.take_along_axis(z, idx, -1)
-    if relu:
-        values = mx.maximum(values, 0)
-    return mx.put_along_axis(mx.zeros_like(z), idx, values, -1)
+    return mx.put_along_axis(mx.zeros_like(z), idx, mx.take_along_axis(z, idx, -1), -1)
 
 
 def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float,
@@ -189,19 +183,27 @@ def _ce_rows(stream):
     return rows
 
 
-def _row_parts(n: int) -> list[tuple]:
-    """``(stream, slice)`` pairs cutting ``n`` rows over :func:`parallel_streams` (one part on
-    the default stream where there is nothing to split)."""
+def _over_rows(n: int, part) -> list[mx.array]:
+    """``part(stream, rows)`` for each block of ``n`` rows, each evaluated on its own stream of
+    :func:`parallel_streams` (one block on the default stream where there is nothing to split)."""
     streams = parallel_streams()
     if len(streams) < 2 or n < 64:
-        return [(None, slice(0, n))]
+        streams = [mx.default_stream(mx.default_device())]
     step = -(-n // len(streams))
-    return [(s, slice(i * step, min(n, (i + 1) * step))) for i, s in enumerate(streams)]
+    parts = []
+    for i, stream in enumerate(streams):
+        with mx.stream(stream):
+            parts.append(part(stream, slice(i * step, min(n, (i + 1) * step))))
+    return parts
+
+
+def _concat(parts: list[mx.array]) -> mx.array:
+    return parts[0] if len(parts) == 1 else mx.concatenate(parts)
 
 
 def _reduce_rows(parts: list[mx.array], n: int, shape, reduction: str) -> mx.array:
     if reduction == "none":
-        return (parts[0] if len(parts) == 1 else mx.concatenate(parts)).reshape(shape)
+        return _concat(parts).reshape(shape)
     total = sum(p.sum() for p in parts)
     return total / n if reduction == "mean" else total
 
@@ -218,11 +220,8 @@ def cross_entropy(logits: mx.array, targets: mx.array, reduction: str = "mean") 
     shape = targets.shape[:-1] if multi else targets.shape
     flat = targets.reshape(-1, targets.shape[-1]) if multi else targets.reshape(-1)
     logits = logits.reshape(-1, logits.shape[-1])
-    n, parts = flat.shape[0], []
-    for stream, sl in _row_parts(n):
-        stream = stream or mx.default_stream(mx.default_device())
-        with mx.stream(stream):
-            parts.append(_ce_rows(stream)(logits[sl], flat[sl])[0])
+    n = flat.shape[0]
+    parts = _over_rows(n, lambda stream, sl: _ce_rows(stream)(logits[sl], flat[sl])[0])
     return _reduce_rows(parts, n, shape, reduction)
 
 
@@ -236,9 +235,6 @@ def head_cross_entropy(h: mx.array, targets: mx.array, head, reduction: str = "m
     shape = targets.shape
     h = h.reshape(-1, h.shape[-1])
     targets = targets.reshape(-1)
-    n, parts = h.shape[0], []
-    for stream, sl in _row_parts(n):
-        stream = stream or mx.default_stream(mx.default_device())
-        with mx.stream(stream):
-            parts.append(_ce_rows(stream)(head(h[sl]), targets[sl])[0])
+    n = h.shape[0]
+    parts = _over_rows(n, lambda stream, sl: _ce_rows(stream)(head(h[sl]), targets[sl])[0])
     return _reduce_rows(parts, n, shape, reduction)

@@ -85,8 +85,7 @@ def sae_loss(sae: TopKSAE, h: mx.array, dead: mx.array, k_aux: int, auxk_coef: f
     """``(loss, (fvu, l0, fired))`` for a batch of activations ``h`` (N, d)."""
     x, _ = sae.preprocess(h)
     pre = sae.pre_activations(x)
-    idx = topk_indices(pre, sae.cfg.k)
-    values = mx.maximum(mx.take_along_axis(pre, idx, -1), 0)
+    idx, values = sae.select(pre)
     z = mx.put_along_axis(mx.zeros_like(pre), idx, values, -1)
     recon = sae.decoder(z) + sae.pre_bias
     mse = normalized_mse(recon, x)

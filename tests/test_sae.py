@@ -86,6 +86,34 @@ def sae_trainer(teacher_dir, data, out, **kw):
     return SAETrainer(cfg, teacher, data, out)
 
 
+def check_position_zero_left_out(teacher, sae, data):
+    """evaluate_sae against a NumPy recomputation in which position 0 is neither measured nor
+    replaced."""
+    from cocomix_mlx.concepts import context_length, split_teacher
+    from cocomix_mlx.sae_analysis import _windows, evaluate_sae
+
+    r = evaluate_sae(teacher, sae, 0, data, batches=1)
+    inputs, targets = _windows(data, "val", 8, min(128, context_length(teacher)), 1)[0]
+    lower, upper, head = split_teacher(teacher, 0)
+    h = np.array(lower(mx.array(inputs)), np.float64)
+    z, stats = sae.encode(mx.array(h[:, 1:], mx.float32), return_stats=True)
+    recon = np.array(sae.decode(z, stats), np.float64)
+    x, rx = h[:, 1:].reshape(-1, h.shape[-1]), recon.reshape(-1, h.shape[-1])
+    assert r["fvu"] == pytest.approx(((rx - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum(), rel=1e-4)
+
+    def loss(hidden):
+        logits = np.array(head(upper(mx.array(hidden, mx.float32))), np.float64)
+        m = logits.max(-1, keepdims=True)
+        lse = np.log(np.exp(logits - m).sum(-1)) + m[..., 0]
+        return (lse - np.take_along_axis(logits, targets[..., None], -1)[..., 0]).mean()
+
+    spliced = h.copy()
+    spliced[:, 1:] = recon
+    assert r["clean_loss"] == pytest.approx(loss(h), rel=1e-5)
+    assert r["spliced_loss"] == pytest.approx(loss(spliced), rel=1e-5)
+    assert r["l0"] == pytest.approx(float((np.array(z) > 0).sum(-1).mean()), rel=1e-6)
+
+
 def test_short_run_learns_keeps_unit_decoder_and_resumes(tiny_teacher, mobydick_data, tmp_path):
     import json
 
@@ -99,6 +127,7 @@ def test_short_run_learns_keeps_unit_decoder_and_resumes(tiny_teacher, mobydick_
     teacher, _ = cm.load(tiny_teacher)
     r = evaluate_sae(teacher, sae, 0, mobydick_data, batches=4)
     assert r["fvu"] < 0.5 and r["delta_loss"] < 1.0
+    check_position_zero_left_out(teacher, sae, mobydick_data)
 
     full = sae_trainer(tiny_teacher, mobydick_data, tmp_path / "full", tokens=6 * 256, save_every=3)
     full.train()

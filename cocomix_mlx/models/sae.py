@@ -18,7 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import CheckpointError
-from ..ops import keep_topk, standardize, topk_indices
+from ..ops import standardize, topk_indices
 
 Stats = Optional[tuple[mx.array, mx.array]]  # (mu, std) of the encoder input, or None
 
@@ -67,19 +67,24 @@ class TopKSAE(nn.Module):
         """Latent pre-activations of a (standardized) input: (x - pre_bias) Wₑᵀ + latent_bias."""
         return self.encoder(x - self.pre_bias) + self.latent_bias
 
+    def select(self, pre: mx.array) -> tuple[mx.array, mx.array]:
+        """``(index, values)`` (..., k): the top-k pre-activations' latents and their ReLU'd
+        values; the gradient reaches exactly those entries."""
+        index = topk_indices(pre, self.cfg.k)
+        return index, mx.maximum(mx.take_along_axis(pre, index, -1), 0)
+
     def encode(self, h: mx.array, return_stats: bool = False):
         """Dense latents (..., C) with at most k non-zeros: ReLU of the top-k pre-activations."""
         x, stats = self.preprocess(h)
-        z = keep_topk(self.pre_activations(x), self.cfg.k, relu=True)
+        pre = self.pre_activations(x)
+        index, values = self.select(pre)
+        z = mx.put_along_axis(mx.zeros_like(pre), index, values, -1)
         return (z, stats) if return_stats else z
 
     def encode_sparse(self, h: mx.array) -> tuple[mx.array, mx.array]:
         """``(index, values)`` (..., k): where :meth:`encode`'s latents may be non-zero, and
         their values."""
-        x, _ = self.preprocess(h)
-        pre = self.pre_activations(x)
-        index = topk_indices(pre, self.cfg.k)
-        return index, mx.maximum(mx.take_along_axis(pre, index, -1), 0)
+        return self.select(self.pre_activations(self.preprocess(h)[0]))
 
     def decode(self, z: mx.array, stats: Stats = None) -> mx.array:
         """z W_dᵀ + pre_bias, de-standardized with ``stats`` when given (else normalized space)."""

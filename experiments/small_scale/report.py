@@ -76,9 +76,9 @@ def table(runs: dict[str, dict[int, dict]], prefix: str = "") -> str:
         lines.append(f"| {LABELS[kind]} | {rs[0]['n_embd']} | {rs[0]['params'] / 1e6:.2f} M | "
                      f"{rs[0]['tokens'] / 1e6:.2f} M | {len(rs)} | {mean_std(ppl)} | {delta} | "
                      f"{mean_std(acc)} | {mean_std(word_ppl, 0)} | {statistics.mean(r['train_s'] for r in rs) / 60:.1f} |")
-    extra = []
     if prefix:
         return "\n".join(lines + ["", pair_table(runs, prefix)])
+    extra = []
     if (RESULTS / "teacher.json").exists():
         t = json.loads((RESULTS / "teacher.json").read_text())
         extra.append(f"teacher: validation perplexity {t['val']['ppl']:.1f} after "
