@@ -94,7 +94,7 @@ def sae_eval(
     if as_json:
         console.print_json(json.dumps(r))
         return
-    console.print(f"FVU {r['fvu']:.4f}  L0 {r['l0']:.1f}  dead {r['dead_fraction']:.1%}  "
+    console.print(f"FVU {r['fvu']:.4f} (standardized input {r['fvu_normalized']:.4f})  L0 {r['l0']:.1f}  dead {r['dead_fraction']:.1%}  "
                   f"delta loss {r['delta_loss']:+.4f} nats ({r['clean_loss']:.4f} → "
                   f"{r['spliced_loss']:.4f}; {r['tokens']:,} tokens)")
 

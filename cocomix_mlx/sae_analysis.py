@@ -31,6 +31,10 @@ def evaluate_sae(teacher: nn.Module, sae, layer: int, data_dir: str | Path, batc
     """FVU and L0 of the reconstruction, the fraction of latents that never fire, and the
     teacher's next-token loss with block ``layer``'s output replaced by the reconstruction.
 
+    ``fvu`` is of the residual itself; ``fvu_normalized`` is of the standardized input the SAE
+    is trained on (the training progress bar's FVU), where the per-token mean and scale that the
+    SAE passes through unchanged earn no credit.
+
     Position 0 of each window is left out, as in training: with no context before it, it is an
     attention sink in many models (activations orders of magnitude larger than elsewhere); its
     residual is kept as it is when the others are replaced.
@@ -44,26 +48,35 @@ def evaluate_sae(teacher: nn.Module, sae, layer: int, data_dir: str | Path, batc
         h = lower(inputs).astype(mx.float32)
         z, stats = sae.encode(h[:, 1:], return_stats=True)
         recon = sae.decode(z, stats)
-        x = h[:, 1:].reshape(-1, h.shape[-1])
-        err = ((recon.reshape(x.shape) - x) ** 2).sum()
-        var = ((x - x.mean(0, keepdims=True)) ** 2).sum()
+        x, xn = h[:, 1:], sae.preprocess(h[:, 1:])[0]
+        err, var = _squared_error(recon, x)
+        err_n, var_n = _squared_error(sae.decode(z), xn)
         clean = cross_entropy(head(upper(h)), targets)
         spliced = mx.concatenate([h[:, :1], recon], axis=1).astype(h.dtype)
         spliced = cross_entropy(head(upper(spliced)), targets)
-        return err, var, (z > 0).sum(-1).mean(), (z > 0).reshape(-1, z.shape[-1]).any(0), clean, spliced
+        fired = (z > 0).reshape(-1, z.shape[-1]).any(0)
+        return err, var, err_n, var_n, (z > 0).sum(-1).mean(), fired, clean, spliced
 
-    totals = np.zeros(5)
+    totals = np.zeros(7)
     fired = np.zeros(sae.cfg.latents, bool)
     windows = _windows(data_dir, split, batch_size, seq_len, batches)
     for inputs, targets in windows:
-        err, var, l0, f, clean, spliced = measure(mx.array(inputs), mx.array(targets))
-        totals += [err.item(), var.item(), l0.item(), clean.item(), spliced.item()]
+        *sums, f, clean, spliced = measure(mx.array(inputs), mx.array(targets))
+        totals += [a.item() for a in (*sums, clean, spliced)]
         fired |= np.array(f)
     n = len(windows)
-    return {"fvu": totals[0] / totals[1], "l0": totals[2] / n,
-            "dead_fraction": float(1 - fired.mean()), "clean_loss": totals[3] / n,
-            "spliced_loss": totals[4] / n, "delta_loss": (totals[4] - totals[3]) / n,
+    err, var, err_n, var_n, l0, clean, spliced = totals
+    return {"fvu": err / var, "fvu_normalized": err_n / var_n, "l0": l0 / n,
+            "dead_fraction": float(1 - fired.mean()), "clean_loss": clean / n,
+            "spliced_loss": spliced / n, "delta_loss": (spliced - clean) / n,
             "tokens": n * batch_size * seq_len}
+
+
+def _squared_error(reconstruction: mx.array, target: mx.array) -> tuple[mx.array, mx.array]:
+    """(‖x̂ - x‖², ‖x - mean(x)‖²) summed over the rows of a (..., d) batch: FVU's two sums."""
+    x = target.reshape(-1, target.shape[-1])
+    err = ((reconstruction.reshape(x.shape) - x) ** 2).sum()
+    return err, ((x - x.mean(0, keepdims=True)) ** 2).sum()
 
 
 def _final_norm(teacher: nn.Module):

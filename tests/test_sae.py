@@ -100,6 +100,10 @@ def check_position_zero_left_out(teacher, sae, data):
     recon = np.array(sae.decode(z, stats), np.float64)
     x, rx = h[:, 1:].reshape(-1, h.shape[-1]), recon.reshape(-1, h.shape[-1])
     assert r["fvu"] == pytest.approx(((rx - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum(), rel=1e-4)
+    xn = (x - x.mean(-1, keepdims=True)) / (x.std(-1, ddof=1, keepdims=True) + 1e-5)
+    rn = np.array(sae.decode(z), np.float64).reshape(xn.shape)
+    assert r["fvu_normalized"] == pytest.approx(((rn - xn) ** 2).sum() / ((xn - xn.mean(0)) ** 2).sum(),
+                                                rel=1e-4)
 
     def loss(hidden):
         logits = np.array(head(upper(mx.array(hidden, mx.float32))), np.float64)
