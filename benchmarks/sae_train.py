@@ -3,7 +3,7 @@
     python benchmarks/sae_train.py [--steps 20]
 
 d=256, C=4096, k=32, 1024 activations per step: the compiled SAE step alone (activations
-from the buffer) and end to end (including the teacher forward that fills the buffer; a random
+from the buffer; with no dead latent, and with half the latents dead so that AuxK runs) and end to end (including the teacher forward that fills the buffer; a random
 d=256 L=6 GPT-2 teacher reading layer 3, random tokens).
 """
 
@@ -47,13 +47,21 @@ def main() -> None:
                          seq_len=128, buffer_steps=args.steps, save_every=0, log_every=10**9)
     trainer = SAETrainer(cfg, teacher, fake_data(root, 8192, 2_000_000), root / "sae")
     batch = trainer.buffer.batch(0)
-    for _ in range(3):
-        mx.eval(trainer._step(batch), trainer.sae.parameters(), trainer.optimizer.state)
+
+    def rate() -> float:
+        for _ in range(3):
+            mx.eval(trainer.train_step(batch), trainer.sae.parameters(), trainer.optimizer.state)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            mx.eval(trainer.train_step(batch), trainer.sae.parameters(), trainer.optimizer.state)
+        return args.steps * cfg.batch_tokens / (time.perf_counter() - start)
+
     mx.reset_peak_memory()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        mx.eval(trainer._step(batch), trainer.sae.parameters(), trainer.optimizer.state)
-    step_only = args.steps * cfg.batch_tokens / (time.perf_counter() - start)
+    step_only = rate()
+    since_fired = trainer.counters["since_fired"]
+    trainer.counters["since_fired"] = since_fired.at[::2].add(cfg.dead_window())  # half dead
+    step_auxk = rate()
+    trainer.counters["since_fired"] = since_fired
     trainer.step = args.steps  # the next step fills a fresh buffer
     cfg.tokens = 2 * args.steps * cfg.batch_tokens
     start = time.perf_counter()
@@ -61,6 +69,7 @@ def main() -> None:
     end_to_end = args.steps * cfg.batch_tokens / (time.perf_counter() - start)
     print(json.dumps({"d": 256, "latents": 4096, "k": 32, "batch_tokens": 1024,
                       "sae_step_activations_per_s": round(step_only),
+                      "sae_step_with_auxk_activations_per_s": round(step_auxk),
                       "end_to_end_activations_per_s": round(end_to_end),
                       "peak_memory_mb": round(mx.get_peak_memory() / 2**20, 1),
                       "device": device_name(), "mlx": mx.__version__}))

@@ -81,17 +81,23 @@ def auxk_reconstruction(sae: TopKSAE, pre: mx.array, dead: mx.array, k_aux: int)
     return sae.decoder(mx.put_along_axis(mx.zeros_like(pre), idx, values, -1))
 
 
-def sae_loss(sae: TopKSAE, h: mx.array, dead: mx.array, k_aux: int, auxk_coef: float):
-    """``(loss, (fvu, l0, fired))`` for a batch of activations ``h`` (N, d)."""
+def sae_loss(sae: TopKSAE, h: mx.array, dead: Optional[mx.array], k_aux: int, auxk_coef: float):
+    """``(loss, (mse, auxk, fvu, l0, fired))`` for a batch of activations ``h`` (N, d).
+
+    ``dead`` masks the latents the AuxK term may use; ``None`` (no latent is dead) leaves the
+    term out, which is what it would contribute then: zero, and no gradient.
+    """
     x, _ = sae.preprocess(h)
     pre = sae.pre_activations(x)
     idx, values = sae.select(pre)
     z = mx.put_along_axis(mx.zeros_like(pre), idx, values, -1)
     recon = sae.decoder(z) + sae.pre_bias
     mse = normalized_mse(recon, x)
-    residual = mx.stop_gradient(x - recon)
-    aux = normalized_mse(auxk_reconstruction(sae, pre, dead, k_aux), residual)
-    aux = mx.where(dead.any(), aux, 0.0)
+    aux = mx.array(0.0)
+    if dead is not None:
+        residual = mx.stop_gradient(x - recon)
+        aux = normalized_mse(auxk_reconstruction(sae, pre, dead, k_aux), residual)
+        aux = mx.where(dead.any(), aux, 0.0)
     fired = mx.stop_gradient((z > 0).any(0))
     stats = (fraction_of_variance_unexplained(mx.stop_gradient(recon), x),
              (z > 0).sum(-1).astype(mx.float32).mean(), fired)
@@ -199,13 +205,21 @@ class SAETrainer:
         self.optimizer.init(self.sae.trainable_parameters())
         self._compile()
 
+    def _dead(self) -> mx.array:
+        return self.counters["since_fired"] >= self.cfg.dead_window()
+
     def _compile(self) -> None:
-        sae, cfg, window = self.sae, self.cfg, self.cfg.dead_window()
+        """Two compiled steps, with and without the AuxK term: while no latent is dead the term
+        is zero, and leaving it out skips its top-k over every latent and a decoder pass."""
+        self._steps = {auxk: self._compile_step(auxk) for auxk in (True, False)}
+
+    def _compile_step(self, auxk: bool):
+        sae, cfg = self.sae, self.cfg
         loss_and_grad = nn.value_and_grad(
-            sae, lambda h, dead: sae_loss(sae, h, dead, self.k_aux, cfg.auxk_coef))
+            sae, lambda h, dead: sae_loss(sae, h, dead if auxk else None, self.k_aux, cfg.auxk_coef))
 
         def step(h):
-            dead = self.counters["since_fired"] >= window
+            dead = self._dead()
             (loss, (mse, aux, fvu, l0, fired)), grads = loss_and_grad(h, dead)
             grads["decoder"]["weight"] = remove_parallel_component(grads["decoder"]["weight"],
                                                                    sae.decoder.weight)
@@ -216,7 +230,11 @@ class SAETrainer:
                     "dead": dead.astype(mx.float32).mean()}
 
         state = [sae.state, self.optimizer.state, self.counters]
-        self._step = mx.compile(step, inputs=state, outputs=state)
+        return mx.compile(step, inputs=state, outputs=state)
+
+    def train_step(self, h: mx.array) -> dict[str, mx.array]:
+        """One compiled update on the activations ``h`` (N, d); returns its metrics (lazy)."""
+        return self._steps[self._dead().any().item()](h)
 
     def save(self) -> None:
         state = {"step": self.step, "config": asdict(self.cfg), "k_aux": self.k_aux}
@@ -254,7 +272,7 @@ class SAETrainer:
         last: dict[str, Any] = {}
         while self.step < cfg.steps:
             start = time.perf_counter()
-            out = self._step(self.buffer.batch(self.step))
+            out = self.train_step(self.buffer.batch(self.step))
             mx.eval(out, self.sae.parameters(), self.optimizer.state, self.counters)
             self.step += 1
             last = {"step": self.step, **{k: v.item() for k, v in out.items()},

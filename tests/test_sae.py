@@ -76,6 +76,24 @@ def test_tangent_projection_and_unit_columns():
     assert mx.abs(mx.linalg.norm(w, axis=0) - 1).max().item() < 1e-5
 
 
+def test_auxk_skipped_only_when_no_latent_is_dead():
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    from cocomix_mlx.sae_trainer import sae_loss
+
+    sae, _ = random_sae()
+    h = mx.random.normal((32, 24), key=mx.random.key(3)) * 2
+    grad = nn.value_and_grad(sae, lambda h, dead: sae_loss(sae, h, dead, 12, 1 / 32)[0])
+    none_dead, skipped = grad(h, mx.zeros((96,), mx.bool_)), grad(h, None)
+    assert none_dead[0].item() == skipped[0].item()
+    for (name, a), (_, b) in zip(tree_flatten(none_dead[1]), tree_flatten(skipped[1])):
+        assert mx.array_equal(a, b), name
+    some_dead = grad(h, mx.arange(96) % 2 == 0)
+    assert some_dead[0].item() > skipped[0].item()
+    assert not mx.array_equal(some_dead[1]["encoder"]["weight"], skipped[1]["encoder"]["weight"])
+
+
 def sae_trainer(teacher_dir, data, out, **kw):
     from cocomix_mlx.checkpoint import load_model
     from cocomix_mlx.sae_trainer import SAETrainConfig, SAETrainer
