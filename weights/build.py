@@ -1,4 +1,4 @@
-"""Rebuild every shipped model in weights/ from the corpus (about 10 minutes on 2 CPU cores).
+"""Rebuild every shipped model in weights/ from the corpus (about 35 minutes on 2 CPU cores).
 
     python weights/build.py [--corpus ../shared/corpus] [--work /tmp/cocomix-weights]
 
@@ -34,10 +34,10 @@ HERE = Path(__file__).resolve().parent
 FILES = ["austen.txt.gz", "mobydick.txt.gz", "kjv.txt.gz", "devil.txt.gz", "fortunes.txt.gz",
          "python_html.txt.gz"]
 SHAPE = dict(n_layer=4, n_head=4, n_positions=128)
-TEACHER = dict(n_embd=128, steps=500)
-SAE = dict(layer=1, latents=2048, k=32, tokens=200_000)
-STUDENT = dict(n_embd=128, steps=150, insert_layer=2, concept_num=32)
-NTP_TWIN = dict(n_embd=160, steps=150)  # widened to the CoCoMix student's parameter count
+TEACHER = dict(n_embd=128, steps=2000)
+SAE = dict(layer=1, latents=2048, k=32, tokens=400_000)
+STUDENT = dict(n_embd=128, steps=1000, insert_layer=2, concept_num=32)
+NTP_TWIN = dict(n_embd=160, steps=1000)  # widened to the CoCoMix student's parameter count
 
 
 def config(d: int, steps: int, vocab: int, mode: str = "ntp"):
