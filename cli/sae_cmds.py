@@ -22,7 +22,8 @@ def sae_train(
     out: Path = typer.Option(..., "--out", help="SAE checkpoint directory."),
     latents: int = typer.Option(4096, "--latents", help="Number of latents C (e.g. 16·d)."),
     k: int = typer.Option(32, "--k", help="Active latents per token."),
-    tokens: int = typer.Option(2_000_000, "--tokens", help="Training activations."),
+    tokens: Optional[int] = typer.Option(
+        None, "--tokens", help="Training activations [default: 2000000]; with --resume, extends the run."),
     batch_tokens: int = typer.Option(1024, "--batch-tokens"),
     lr: float = typer.Option(0.0, "--lr", help="0: 2e-4 / sqrt(C / 2^14)."),
     seed: int = typer.Option(0, "--seed"),
@@ -38,18 +39,23 @@ def sae_train(
         if not out.exists():
             fail(f"nothing to resume in {out}; drop --resume to start a new run")
         cfg = sae_config_from_checkpoint(out)
+        if tokens is not None:  # extend (or shorten) the run; the dead-latent window stays
+            cfg.dead_tokens, cfg.tokens = cfg.dead_window(), tokens
     else:
         if out.exists() and any(out.iterdir()) and not force:
             fail(f"{out} already exists; pass --resume to continue it or --force to replace it")
         if layer is None:
             fail("give --layer: the teacher block whose output the SAE reads")
-        cfg = SAETrainConfig(layer=layer, latents=latents, k=k, tokens=tokens,
+        cfg = SAETrainConfig(layer=layer, latents=latents, k=k, tokens=tokens or 2_000_000,
                              batch_tokens=batch_tokens, lr=lr, seed=seed, save_every=save_every)
     model, _ = load_model(teacher)
     model.eval()
     trainer = SAETrainer(cfg, model, data, out, teacher_name=str(teacher))
     if resume:
         trainer.resume()
+        if trainer.step > cfg.steps:
+            fail(f"{out} is already at step {trainer.step}; --tokens {cfg.tokens} ends the run at "
+                 f"step {cfg.steps}: give more tokens")
     elif out.exists():
         shutil.rmtree(out)
     console.print(f"SAE d={trainer.sae.cfg.d} C={cfg.latents} k={cfg.k} on layer {cfg.layer}; "

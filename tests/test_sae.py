@@ -196,3 +196,23 @@ def test_cli_width_mismatch_is_one_line_error(tiny_teacher, mobydick_data, tmp_p
     r = cocomix("sae", "train", "--teacher", tiny_teacher, "--data", mobydick_data, "--layer", "9",
                 "--out", tmp_path / "x", "--latents", "64", "--k", "4", "--tokens", "512")
     assert r.returncode == 2 and "out of range" in r.stderr and not (tmp_path / "x").exists()
+
+
+def test_cli_resume_with_more_tokens_extends_the_run(tiny_teacher, mobydick_data, tmp_path):
+    import json
+
+    from conftest import cocomix
+
+    out = tmp_path / "sae"
+    common = ["--teacher", tiny_teacher, "--data", mobydick_data, "--out", out]
+    r = cocomix("sae", "train", *common, "--layer", "0", "--latents", "64", "--k", "4",
+                "--tokens", "512", "--batch-tokens", "128", "--save-every", "2")
+    assert r.returncode == 0, r.stderr
+    window = json.loads((out / "trainer_state.json").read_text())["config"]
+    r = cocomix("sae", "train", *common, "--resume", "--tokens", "768")
+    assert r.returncode == 0, r.stderr
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["step"] == 6 and state["config"]["tokens"] == 768
+    assert state["config"]["dead_tokens"] == max(128, 512 // 10) and window["dead_tokens"] == 0
+    r = cocomix("sae", "train", *common, "--resume", "--tokens", "256")
+    assert r.returncode == 2 and "already at step 6" in r.stderr
