@@ -23,7 +23,8 @@ def sae_train(
     latents: int = typer.Option(4096, "--latents", help="Number of latents C (e.g. 16·d)."),
     k: int = typer.Option(32, "--k", help="Active latents per token."),
     tokens: Optional[int] = typer.Option(
-        None, "--tokens", help="Training activations [default: 2000000]; with --resume, extends the run."),
+        None, "--tokens", help="Training activations (default 2000000); with --resume, "
+                               "extends the run to this many."),
     batch_tokens: int = typer.Option(1024, "--batch-tokens"),
     lr: float = typer.Option(0.0, "--lr", help="0: 2e-4 / sqrt(C / 2^14)."),
     seed: int = typer.Option(0, "--seed"),
@@ -46,7 +47,7 @@ def sae_train(
             fail(f"{out} already exists; pass --resume to continue it or --force to replace it")
         if layer is None:
             fail("give --layer: the teacher block whose output the SAE reads")
-        cfg = SAETrainConfig(layer=layer, latents=latents, k=k, tokens=tokens or 2_000_000,
+        cfg = SAETrainConfig(layer=layer, latents=latents, k=k, tokens=SAETrainConfig.tokens if tokens is None else tokens,
                              batch_tokens=batch_tokens, lr=lr, seed=seed, save_every=save_every)
     model, _ = load_model(teacher)
     model.eval()
@@ -100,7 +101,8 @@ def sae_eval(
     if as_json:
         console.print_json(json.dumps(r))
         return
-    console.print(f"FVU {r['fvu']:.4f} (standardized input {r['fvu_normalized']:.4f})  L0 {r['l0']:.1f}  dead {r['dead_fraction']:.1%}  "
+    console.print(f"FVU {r['fvu']:.4f} (standardized input {r['fvu_normalized']:.4f})  "
+                  f"L0 {r['l0']:.1f}  dead {r['dead_fraction']:.1%}  "
                   f"delta loss {r['delta_loss']:+.4f} nats ({r['clean_loss']:.4f} → "
                   f"{r['spliced_loss']:.4f}; {r['tokens']:,} tokens)")
 

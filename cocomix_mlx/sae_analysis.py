@@ -46,11 +46,13 @@ def evaluate_sae(teacher: nn.Module, sae, layer: int, data_dir: str | Path, batc
     @mx.compile
     def measure(inputs, targets):
         h = lower(inputs).astype(mx.float32)
-        z, stats = sae.encode(h[:, 1:], return_stats=True)
-        recon = sae.decode(z, stats)
-        x, xn = h[:, 1:], sae.preprocess(h[:, 1:])[0]
+        x = h[:, 1:]
+        xn, stats = sae.preprocess(x)
+        z = sae.encode(x)
+        recon_n = sae.decode(z)
+        recon = sae.destandardize(recon_n, stats)
         err, var = _squared_error(recon, x)
-        err_n, var_n = _squared_error(sae.decode(z), xn)
+        err_n, var_n = _squared_error(recon_n, xn)
         clean = cross_entropy(head(upper(h)), targets)
         spliced = mx.concatenate([h[:, :1], recon], axis=1).astype(h.dtype)
         spliced = cross_entropy(head(upper(spliced)), targets)

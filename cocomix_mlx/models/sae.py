@@ -88,7 +88,11 @@ class TopKSAE(nn.Module):
 
     def decode(self, z: mx.array, stats: Stats = None) -> mx.array:
         """z W_dᵀ + pre_bias, de-standardized with ``stats`` when given (else normalized space)."""
-        x = self.decoder(z) + self.pre_bias
+        return self.destandardize(self.decoder(z) + self.pre_bias, stats)
+
+    @staticmethod
+    def destandardize(x: mx.array, stats: Stats) -> mx.array:
+        """A normalized-space reconstruction back in the input's scale (as is without stats)."""
         if stats is None:
             return x
         mu, std = stats
