@@ -27,6 +27,11 @@ def sae_train(
                                "extends the run to this many."),
     batch_tokens: int = typer.Option(1024, "--batch-tokens"),
     lr: float = typer.Option(0.0, "--lr", help="0: 2e-4 / sqrt(C / 2^14)."),
+    lr_decay: float = typer.Option(0.0, "--lr-decay", help="Final fraction of the steps over "
+                                   "which the learning rate falls linearly to 0."),
+    buffer_steps: int = typer.Option(32, "--buffer-steps", help="Batches per shuffle buffer."),
+    reuse: int = typer.Option(1, "--reuse", help="Passes over each shuffle buffer: fewer "
+                              "teacher forwards per step when the teacher is the slow part."),
     seed: int = typer.Option(0, "--seed"),
     save_every: int = typer.Option(500, "--save-every"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
@@ -48,7 +53,11 @@ def sae_train(
         if layer is None:
             fail("give --layer: the teacher block whose output the SAE reads")
         cfg = SAETrainConfig(layer=layer, latents=latents, k=k, tokens=SAETrainConfig.tokens if tokens is None else tokens,
-                             batch_tokens=batch_tokens, lr=lr, seed=seed, save_every=save_every)
+                             batch_tokens=batch_tokens, lr=lr, decay_fraction=lr_decay,
+                             buffer_steps=buffer_steps, reuse=reuse, seed=seed,
+                             save_every=save_every)
+        if not (0 <= lr_decay <= 1) or buffer_steps < 1 or reuse < 1:
+            fail("--lr-decay must lie in [0, 1], --buffer-steps and --reuse must be at least 1")
     model, _ = load_model(teacher)
     model.eval()
     trainer = SAETrainer(cfg, model, data, out, teacher_name=str(teacher))

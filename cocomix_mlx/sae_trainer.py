@@ -41,8 +41,10 @@ class SAETrainConfig:
     batch_tokens: int = 1024
     seq_len: int = 128
     buffer_steps: int = 32
+    reuse: int = 1  # passes over each buffer, each in its own order
     lr: float = 0.0  # 0: 2e-4 / sqrt(latents / 2**14)
     warmup_steps: int = 100
+    decay_fraction: float = 0.0  # final fraction of the steps over which lr falls linearly to 0
     auxk_coef: float = 1 / 32
     auxk: int = 0  # 0: d // 2
     dead_tokens: int = 0  # 0: min(10M, tokens // 10)
@@ -59,6 +61,18 @@ class SAETrainConfig:
 
     def dead_window(self) -> int:
         return self.dead_tokens or max(self.batch_tokens, min(10_000_000, self.tokens // 10))
+
+    def lr_schedule(self) -> Callable[[mx.array], mx.array]:
+        """Linear warmup to ``peak_lr``, constant, then (with ``decay_fraction``) linear to 0."""
+        warmup, peak, steps = max(1, self.warmup_steps), self.peak_lr(), self.steps
+        decay = max(1, round(self.decay_fraction * steps)) if self.decay_fraction > 0 else 0
+
+        def lr(s: mx.array) -> mx.array:
+            scale = mx.minimum(1.0, (s + 1) / warmup)
+            if decay:
+                scale = scale * mx.clip((steps - s) / decay, 0.0, 1.0)
+            return peak * scale
+        return lr
 
 
 # ---- losses (one equation each) ---------------------------------------------------------------
@@ -120,11 +134,15 @@ def activation_fn(teacher: nn.Module, layer: int) -> Callable[[mx.array], mx.arr
 
 
 class ActivationBuffer:
-    """Shuffled activations of the teacher at ``layer``; step s reads rows of buffer s // R."""
+    """Shuffled activations of the teacher at ``layer``. Buffer b holds R = ``buffer_steps``
+    batches and is read ``reuse`` times, each pass in its own order: step s reads pass
+    (s // R) % reuse of buffer s // (R · reuse). Reuse trades fresh activations for fewer
+    teacher forwards, which dominate the cost when the teacher is large."""
 
     def __init__(self, teacher: nn.Module, data: TokenDataset, cfg: SAETrainConfig):
         self.fn, self.data, self.cfg = activation_fn(teacher, cfg.layer), data, cfg
-        self.index, self.rows = -1, None
+        self.index, self.acts, self.rows = -1, None, None
+        self.current = (-1, -1)
         data._need(cfg.seq_len)
 
     def _fill(self, index: int) -> None:
@@ -138,16 +156,28 @@ class ActivationBuffer:
         for i in range(0, windows, 32):  # evaluated chunk by chunk: memory stays one chunk's
             parts.append(self.fn(mx.array(tokens[i:i + 32]))[:, 1:])
             mx.eval(parts[-1])
-        acts = mx.concatenate(parts).reshape(-1, parts[0].shape[-1])[:need]
-        self.rows = acts[mx.array(rng.permutation(need))]
-        mx.eval(self.rows)
+        self.acts = mx.concatenate(parts).reshape(-1, parts[0].shape[-1])[:need]
+        self.first_order = rng.permutation(need)
         self.index = index
+
+    def _shuffle(self, index: int, rep: int) -> None:
+        if index != self.index:
+            self.rows = None
+            self._fill(index)
+        order = self.first_order if rep == 0 else \
+            np.random.default_rng([self.cfg.seed, 7919, index, rep]).permutation(len(self.first_order))
+        self.rows = self.acts[mx.array(order)]
+        if self.cfg.reuse == 1:
+            self.acts = None
+        mx.eval(self.rows)
+        self.current = (index, rep)
 
     def batch(self, step: int) -> mx.array:
         c = self.cfg
-        if step // c.buffer_steps != self.index:
-            self._fill(step // c.buffer_steps)
-        i = step % c.buffer_steps
+        chunk, i = divmod(step, c.buffer_steps)
+        where = divmod(chunk, max(1, c.reuse))
+        if where != self.current:
+            self._shuffle(*where)
         return self.rows[i * c.batch_tokens:(i + 1) * c.batch_tokens]
 
 
@@ -195,10 +225,8 @@ class SAETrainer:
             raise ConfigError(str(e)) from None
         self.sae = TopKSAE(sae_cfg)
         self.buffer = ActivationBuffer(teacher, TokenDataset(data_dir, "train"), cfg)
-        warmup, peak = max(1, cfg.warmup_steps), cfg.peak_lr()
         self.optimizer = optim.Adam(
-            learning_rate=lambda s: peak * mx.minimum(1.0, (s + 1) / warmup),
-            betas=[0.9, 0.999], eps=6.25e-10, bias_correction=True)
+            learning_rate=cfg.lr_schedule(), betas=[0.9, 0.999], eps=6.25e-10, bias_correction=True)
         self.counters = {"since_fired": mx.zeros((cfg.latents,), mx.int32)}
         self.step = 0
         init_sae(self.sae, self.buffer.batch(0), cfg.seed)

@@ -137,8 +137,6 @@ def check_position_zero_left_out(teacher, sae, data):
 
 
 def test_short_run_learns_keeps_unit_decoder_and_resumes(tiny_teacher, mobydick_data, tmp_path):
-    import json
-
     from cocomix_mlx.sae_analysis import evaluate_sae
 
     trainer = sae_trainer(tiny_teacher, mobydick_data, tmp_path / "a")
@@ -151,9 +149,16 @@ def test_short_run_learns_keeps_unit_decoder_and_resumes(tiny_teacher, mobydick_
     assert r["fvu"] < 0.5 and r["delta_loss"] < 1.0
     check_position_zero_left_out(teacher, sae, mobydick_data)
 
-    full = sae_trainer(tiny_teacher, mobydick_data, tmp_path / "full", tokens=6 * 256, save_every=3)
+    check_resume_is_bit_exact(tiny_teacher, mobydick_data, tmp_path)
+
+
+def check_resume_is_bit_exact(teacher, data, tmp_path, **kw):
+    """A run stopped at its step-3 checkpoint and resumed logs the losses of an unbroken run."""
+    import json
+
+    full = sae_trainer(teacher, data, tmp_path / "full", tokens=6 * 256, save_every=3, **kw)
     full.train()
-    part = sae_trainer(tiny_teacher, mobydick_data, tmp_path / "part", tokens=6 * 256, save_every=3)
+    part = sae_trainer(teacher, data, tmp_path / "part", tokens=6 * 256, save_every=3, **kw)
 
     class Stop(Exception):
         pass
@@ -164,11 +169,39 @@ def test_short_run_learns_keeps_unit_decoder_and_resumes(tiny_teacher, mobydick_
 
     with pytest.raises(Stop):
         part.train(stop)
-    resumed = sae_trainer(tiny_teacher, mobydick_data, tmp_path / "part", tokens=6 * 256, save_every=3)
+    resumed = sae_trainer(teacher, data, tmp_path / "part", tokens=6 * 256, save_every=3, **kw)
     resumed.resume()
     resumed.train()
     losses = lambda p: [json.loads(x)["loss"] for x in (p / "metrics.jsonl").read_text().splitlines()]
     assert losses(tmp_path / "part") == losses(tmp_path / "full") and len(losses(tmp_path / "full")) == 6
+
+
+def test_buffer_reuse_and_lr_decay(tiny_teacher, mobydick_data, tmp_path):
+    from cocomix_mlx.checkpoint import load_model
+    from cocomix_mlx.data import TokenDataset
+    from cocomix_mlx.sae_trainer import ActivationBuffer, SAETrainConfig
+
+    cfg = SAETrainConfig(tokens=100 * 256, batch_tokens=256, warmup_steps=10, decay_fraction=0.2, lr=1e-3)
+    s = np.arange(100)
+    want = 1e-3 * np.minimum(1, (s + 1) / 10) * np.clip((100 - s) / 20, 0, 1)
+    got = [cfg.lr_schedule()(mx.array(i)).item() for i in s]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
+    assert got[79] == pytest.approx(1e-3) and got[99] == pytest.approx(1e-3 / 20)
+
+    teacher, _ = load_model(tiny_teacher)
+    data = TokenDataset(mobydick_data, "train")
+    rows = {}
+    for reuse in (1, 2):
+        c = SAETrainConfig(batch_tokens=64, seq_len=64, buffer_steps=2, reuse=reuse)
+        buf = ActivationBuffer(teacher, data, c)
+        rows[reuse] = [np.array(buf.batch(i)) for i in range(4 * reuse)]
+    np.testing.assert_array_equal(np.concatenate(rows[2][:2]), np.concatenate(rows[1][:2]))
+    np.testing.assert_array_equal(np.concatenate(rows[2][4:6]), np.concatenate(rows[1][2:4]))
+    first, second = np.concatenate(rows[2][:2]), np.concatenate(rows[2][2:4])
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(first[np.lexsort(first.T)], second[np.lexsort(second.T)])
+    check_resume_is_bit_exact(tiny_teacher, mobydick_data, tmp_path, buffer_steps=2, reuse=2,
+                              decay_fraction=0.5, warmup_steps=1)
 
 
 def test_auxk_revives_killed_latents(tiny_teacher, mobydick_data, tmp_path):
