@@ -1,10 +1,10 @@
 """Training TopK SAEs on a teacher's residual stream (Gao et al. 2024 recipe).
 
 Activations of the teacher's block ``layer`` are streamed from the token shards through a
-bounded shuffle buffer: every ``buffer_steps`` steps a fresh buffer of ``buffer_steps ×
+bounded shuffle buffer: every ``buffer_steps · reuse`` steps a fresh buffer of ``buffer_steps ×
 batch_tokens`` activations is computed from random windows (a function of (seed, buffer index)
-only, so a resumed run sees exactly the same batches) and shuffled; activations are never all in
-memory. Loss: normalized MSE of the standardized input, plus 1/32 × AuxK (the top ``d/2`` dead
+only, so a resumed run sees exactly the same batches) and shuffled, then read ``reuse`` times in
+fresh orders; activations are never all in memory. Loss: normalized MSE of the standardized input, plus 1/32 × AuxK (the top ``d/2`` dead
 latents reconstruct the residual). Decoder columns stay unit-norm: the gradient component
 parallel to each column is removed before the Adam step and the columns are renormalized after.
 """
