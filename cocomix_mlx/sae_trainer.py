@@ -5,8 +5,9 @@ bounded shuffle buffer: every ``buffer_steps · reuse`` steps a fresh buffer of 
 batch_tokens`` activations is computed from random windows (a function of (seed, buffer index)
 only, so a resumed run sees exactly the same batches) and shuffled, then read ``reuse`` times in
 fresh orders; activations are never all in memory. Loss: normalized MSE of the standardized
-input, plus 1/32 × AuxK (the top ``d/2`` dead latents reconstruct the residual). Decoder columns stay unit-norm: the gradient component
-parallel to each column is removed before the Adam step and the columns are renormalized after.
+input, plus 1/32 × AuxK (the top ``d/2`` dead latents reconstruct the residual). Decoder
+columns stay unit-norm: the gradient component parallel to each column is removed before the
+Adam step and the columns are renormalized after.
 """
 
 from __future__ import annotations
