@@ -56,8 +56,6 @@ def sae_train(
                              batch_tokens=batch_tokens, lr=lr, decay_fraction=lr_decay,
                              buffer_steps=buffer_steps, reuse=reuse, seed=seed,
                              save_every=save_every)
-        if not (0 <= lr_decay <= 1) or buffer_steps < 1 or reuse < 1:
-            fail("--lr-decay must lie in [0, 1], --buffer-steps and --reuse must be at least 1")
     model, _ = load_model(teacher)
     model.eval()
     trainer = SAETrainer(cfg, model, data, out, teacher_name=str(teacher))

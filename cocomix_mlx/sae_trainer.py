@@ -53,6 +53,11 @@ class SAETrainConfig:
     log_every: int = 10
     save_every: int = 500
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.decay_fraction <= 1 or self.buffer_steps < 1 or self.reuse < 1:
+            raise ConfigError("the learning-rate decay fraction must lie in [0, 1]; buffer steps "
+                              "and reuse must be at least 1")
+
     @property
     def steps(self) -> int:
         return max(1, self.tokens // self.batch_tokens)
@@ -142,8 +147,7 @@ class ActivationBuffer:
 
     def __init__(self, teacher: nn.Module, data: TokenDataset, cfg: SAETrainConfig):
         self.fn, self.data, self.cfg = activation_fn(teacher, cfg.layer), data, cfg
-        self.index, self.acts, self.rows = -1, None, None
-        self.current = (-1, -1)
+        self.index, self.current, self.rows = -1, (-1, -1), None
         data._need(cfg.seq_len)
 
     def _fill(self, index: int) -> None:
@@ -168,7 +172,7 @@ class ActivationBuffer:
         order = self.first_order if rep == 0 else \
             np.random.default_rng([self.cfg.seed, 7919, index, rep]).permutation(len(self.first_order))
         self.rows = self.acts[mx.array(order)]
-        if self.cfg.reuse == 1:
+        if self.cfg.reuse == 1:  # no later pass reads the unshuffled copy: free it
             self.acts = None
         mx.eval(self.rows)
         self.current = (index, rep)
@@ -176,7 +180,7 @@ class ActivationBuffer:
     def batch(self, step: int) -> mx.array:
         c = self.cfg
         chunk, i = divmod(step, c.buffer_steps)
-        where = divmod(chunk, max(1, c.reuse))
+        where = divmod(chunk, c.reuse)
         if where != self.current:
             self._shuffle(*where)
         return self.rows[i * c.batch_tokens:(i + 1) * c.batch_tokens]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import cocomix_mlx as cm
-from cocomix_mlx.errors import CheckpointError
+from cocomix_mlx.errors import CheckpointError, ConfigError
 from cocomix_mlx.models.sae import SAEConfig, TopKSAE, save_sae
 
 
@@ -174,6 +174,7 @@ def check_resume_is_bit_exact(teacher, data, tmp_path, **kw):
     resumed.train()
     losses = lambda p: [json.loads(x)["loss"] for x in (p / "metrics.jsonl").read_text().splitlines()]
     assert losses(tmp_path / "part") == losses(tmp_path / "full") and len(losses(tmp_path / "full")) == 6
+    return resumed
 
 
 def test_buffer_reuse_and_lr_decay(tiny_teacher, mobydick_data, tmp_path):
@@ -200,8 +201,12 @@ def test_buffer_reuse_and_lr_decay(tiny_teacher, mobydick_data, tmp_path):
     first, second = np.concatenate(rows[2][:2]), np.concatenate(rows[2][2:4])
     assert not np.array_equal(first, second)
     np.testing.assert_array_equal(first[np.lexsort(first.T)], second[np.lexsort(second.T)])
-    check_resume_is_bit_exact(tiny_teacher, mobydick_data, tmp_path, buffer_steps=2, reuse=2,
-                              decay_fraction=0.5, warmup_steps=1)
+    resumed = check_resume_is_bit_exact(tiny_teacher, mobydick_data, tmp_path, buffer_steps=2,
+                                        reuse=2, decay_fraction=0.5, warmup_steps=1)
+    last_lr = resumed.cfg.peak_lr() / 3  # the update of step 5 of 6, a third of the way down
+    assert resumed.optimizer.learning_rate.item() == pytest.approx(last_lr)
+    with pytest.raises(ConfigError):
+        SAETrainConfig(reuse=0)
 
 
 def test_auxk_revives_killed_latents(tiny_teacher, mobydick_data, tmp_path):
