@@ -106,13 +106,13 @@ def test_cli_concepts_lists_top_predicted_concepts(tok_dir, tmp_path):
     assert cocomix("concepts", "the", "--model", tmp_path / "missing").returncode == 2
 
 
-def test_sae_steering_of_a_plain_model(tok_dir, tmp_path):
+def check_sae_steering(model, tok):
+    """Steering latent j by alpha at block 1 equals adding (alpha - 1) z_j std W_dec[:, j] to
+    that block's output, in the forward and in cached generation; alpha 1 changes nothing."""
     from cocomix_mlx.concepts import split_teacher
     from cocomix_mlx.generate import sae_steering
     from cocomix_mlx.models.sae import SAEConfig, TopKSAE
 
-    cfg = ModelConfig(vocab_size=320, n_positions=64, n_embd=32, n_layer=3, n_head=4)
-    model, tok = saved(randomize(build_model(cfg), 7), tok_dir, tmp_path / "m")
     sae = randomize(TopKSAE(SAEConfig(d=32, latents=48, k=6, layer=1)), 8)
     tokens = mx.array([tok.encode("the whale and the sea")])
     lower, upper, head = split_teacher(model, 1)
@@ -131,6 +131,24 @@ def test_sae_steering_of_a_plain_model(tok_dir, tmp_path):
     assert generate_tokens(model, tok, prompt, max_tokens=16, steer={j: -10.0}, sae=sae) != plain
     with pytest.raises(ConfigError):
         generate_tokens(model, tok, prompt, max_tokens=2, steer={48: 2.0}, sae=sae)
+
+
+def test_sae_steering_of_a_plain_model(tok_dir, tmp_path):
+    cfg = ModelConfig(vocab_size=320, n_positions=64, n_embd=32, n_layer=3, n_head=4)
+    check_sae_steering(*saved(randomize(build_model(cfg), 7), tok_dir, tmp_path / "m"))
+
+
+def test_sae_steering_of_an_mlx_lm_llama(tok_dir):
+    from mlx_lm.models import llama
+    from mlx_lm.utils import load_tokenizer
+
+    args = llama.ModelArgs(model_type="llama", hidden_size=32, num_hidden_layers=3,
+                           intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+                           rms_norm_eps=1e-5, vocab_size=320, tie_word_embeddings=True)
+    mx.random.seed(5)
+    model = llama.Model(args)
+    model.eval()
+    check_sae_steering(model, load_tokenizer(tok_dir))
 
 
 def test_boosted_concept_makes_its_promoted_tokens_more_frequent(tok_dir, tmp_path):
@@ -181,3 +199,27 @@ def test_quantized_cocomix_checkpoint_loads_and_stays_close(tok_dir, tmp_path):
         quantize_checkpoint(tmp_path / "m", tmp_path / "q8", bits=8)
     with pytest.raises(ConfigError):
         quantize_checkpoint(tmp_path / "m", tmp_path / "q7", bits=7)
+
+
+def test_generated_text_continues_the_prompt_with_gpt2_bpe(tmp_path):
+    """mlx-lm's byte-level BPE detokenizer would drop the first token's leading space
+    ("is" + "expected"); the streamed text must be exactly the generated tokens decoded."""
+    from mlx_lm.utils import load_tokenizer
+
+    from cocomix_mlx.generate import generate
+    from cocomix_mlx.tokenizer import tokenizer_from_gpt2_files
+    from conftest import CORPUS
+
+    gpt2 = CORPUS.parent / "tokenizers" / "gpt2"
+    tok_dir = tokenizer_from_gpt2_files(gpt2 / "encoder.json", gpt2 / "vocab.bpe", tmp_path / "tok")
+    cfg = ModelConfig(vocab_size=len(load_tokenizer(tok_dir)), n_positions=64, n_embd=32,
+                      n_layer=2, n_head=4)
+    model, tok = saved(randomize(build_model(cfg), 3), tok_dir, tmp_path / "m")
+    prompt = tok.encode("The weather today is")
+    spaced = 0
+    for seed in range(8):
+        ids = generate_tokens(model, tok, prompt, max_tokens=6, temp=1.0, seed=seed)
+        text = generate(model, tok, prompt, max_tokens=6, temp=1.0, seed=seed)
+        assert text == tok.decode(ids)
+        spaced += tok.decode(ids[:1]).startswith(" ")
+    assert spaced > 0
