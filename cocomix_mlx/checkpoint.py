@@ -141,4 +141,14 @@ def load(path: str | Path, lazy: bool = False):
         tokenizer = load_tokenizer(Path(path), eos_token_ids=config.get("eos_token_id"))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot load the tokenizer in {path}: {e}") from None
+    _keep_leading_space(tokenizer._detokenizer)
     return model, tokenizer
+
+
+def _keep_leading_space(detokenizer) -> None:
+    """mlx-lm's byte-level BPE detokenizer drops the first generated token's leading space, as
+    if the text began there; ours always continues a prompt ("is" + " expected")."""
+    from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
+
+    if isinstance(detokenizer, BPEStreamingDetokenizer):
+        detokenizer._maybe_trim_space = lambda text: text

@@ -9,7 +9,6 @@ Sampling and logits processing are mlx-lm's (``make_sampler``, ``make_logits_pro
 from __future__ import annotations
 
 from contextlib import contextmanager
-from functools import lru_cache
 from typing import Iterator, Optional
 
 import mlx.core as mx
@@ -146,29 +145,6 @@ def sae_steering(model: nn.Module, sae, layer: int, steer: Optional[dict], promp
         blocks[layer] = original
 
 
-@lru_cache(maxsize=1)
-def _continuing_bpe_detokenizer() -> type:
-    from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
-
-    class ContinuingBPEDetokenizer(BPEStreamingDetokenizer):
-        def _maybe_trim_space(self, current_text):
-            return current_text
-
-    return ContinuingBPEDetokenizer
-
-
-def _keep_leading_space(tokenizer) -> None:
-    """mlx-lm's byte-level BPE detokenizer drops the first generated token's leading space, as
-    if the text began there; generated text continues the prompt ("is" + " expected")."""
-    from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
-
-    detokenizer = getattr(tokenizer, "_detokenizer", None)
-    if type(detokenizer) is BPEStreamingDetokenizer:
-        continuing = object.__new__(_continuing_bpe_detokenizer())  # keeps the built token map
-        continuing.__dict__.update(detokenizer.__dict__)
-        tokenizer._detokenizer = continuing
-
-
 def stream(model: nn.Module, tokenizer, prompt: str | list[int], max_tokens: int = 256,
            temp: float = 0.0, top_p: float = 0.0, min_p: float = 0.0, top_k: int = 0,
            repetition_penalty: Optional[float] = None, seed: Optional[int] = None,
@@ -192,7 +168,6 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int], max_tokens: int
     sampler = make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)
     processors = make_logits_processors(repetition_penalty=repetition_penalty)
     model.eval()
-    _keep_leading_space(tokenizer)
     if sae is not None:
         if layer is None:
             layer = sae.cfg.layer

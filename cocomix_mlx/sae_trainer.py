@@ -147,7 +147,7 @@ class ActivationBuffer:
 
     def __init__(self, teacher: nn.Module, data: TokenDataset, cfg: SAETrainConfig):
         self.fn, self.data, self.cfg = activation_fn(teacher, cfg.layer), data, cfg
-        self.index, self.current, self.rows = -1, (-1, -1), None
+        self.current, self.rows = (-1, -1), None  # (buffer index, pass) that rows holds
         data._need(cfg.seq_len)
 
     def _fill(self, index: int) -> None:
@@ -163,10 +163,9 @@ class ActivationBuffer:
             mx.eval(parts[-1])
         self.acts = mx.concatenate(parts).reshape(-1, parts[0].shape[-1])[:need]
         self.first_order = rng.permutation(need)
-        self.index = index
 
     def _shuffle(self, index: int, rep: int) -> None:
-        if index != self.index:
+        if index != self.current[0]:
             self.rows = None
             self._fill(index)
         order = self.first_order if rep == 0 else \

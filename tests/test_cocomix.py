@@ -273,15 +273,22 @@ def test_cli_modes_and_one_line_errors(mobydick_data, teacher_and_sae_dirs, tmp_
         assert not (tmp_path / f"bad{i}").exists()
 
 
-def test_llama_teacher_split_matches_mlx_lm_forward():
+def tiny_llama(hidden_size: int, intermediate_size: int, vocab_size: int, seed: int):
+    """A random 3-block mlx-lm Llama (4 query heads, 2 key/value heads, tied head)."""
     from mlx_lm.models import llama
 
-    args = llama.ModelArgs(model_type="llama", hidden_size=64, num_hidden_layers=3,
-                           intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
-                           rms_norm_eps=1e-5, vocab_size=97, tie_word_embeddings=True)
-    mx.random.seed(3)
-    teacher = llama.Model(args)
-    teacher.eval()
+    args = llama.ModelArgs(model_type="llama", hidden_size=hidden_size, num_hidden_layers=3,
+                           intermediate_size=intermediate_size, num_attention_heads=4,
+                           num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=vocab_size,
+                           tie_word_embeddings=True)
+    mx.random.seed(seed)
+    model = llama.Model(args)
+    model.eval()
+    return model
+
+
+def test_llama_teacher_split_matches_mlx_lm_forward():
+    teacher = tiny_llama(64, 96, 97, seed=3)
     tokens = mx.array(np.random.default_rng(13).integers(0, 97, (2, 128)))
     lower, upper, head = split_teacher(teacher, 1)
     ours = head(upper(lower(tokens)))

@@ -12,7 +12,7 @@ from cocomix_mlx.generate import generate_tokens, parse_steer
 from cocomix_mlx.models import build_model
 from cocomix_mlx.tokenizer import train_tokenizer
 
-from test_cocomix import randomize
+from test_cocomix import randomize, tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -139,16 +139,9 @@ def test_sae_steering_of_a_plain_model(tok_dir, tmp_path):
 
 
 def test_sae_steering_of_an_mlx_lm_llama(tok_dir):
-    from mlx_lm.models import llama
     from mlx_lm.utils import load_tokenizer
 
-    args = llama.ModelArgs(model_type="llama", hidden_size=32, num_hidden_layers=3,
-                           intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
-                           rms_norm_eps=1e-5, vocab_size=320, tie_word_embeddings=True)
-    mx.random.seed(5)
-    model = llama.Model(args)
-    model.eval()
-    check_sae_steering(model, load_tokenizer(tok_dir))
+    check_sae_steering(tiny_llama(32, 64, 320, seed=5), load_tokenizer(tok_dir))
 
 
 def test_boosted_concept_makes_its_promoted_tokens_more_frequent(tok_dir, tmp_path):
