@@ -12,7 +12,8 @@ from rich.table import Table
 
 from cocomix_mlx.errors import CocomixError
 
-from . import convert_cmds, data_cmds, generate_cmds, quickstart, sae_cmds, train_cmds
+from . import (convert_cmds, data_cmds, generate_cmds, labels_cmds, quickstart, sae_cmds,
+               train_cmds)
 from .common import console, err_console
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -21,6 +22,7 @@ app.add_typer(data_cmds.tokenizer_app, name="tokenizer")
 app.add_typer(data_cmds.data_app, name="data")
 app.add_typer(data_cmds.eval_app, name="eval")
 app.add_typer(sae_cmds.sae_app, name="sae")
+app.add_typer(labels_cmds.labels_app, name="labels")
 app.add_typer(convert_cmds.convert_app, name="convert")
 app.add_typer(convert_cmds.export_app, name="export")
 app.command("quickstart")(quickstart.quickstart)

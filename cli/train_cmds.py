@@ -23,6 +23,9 @@ def pretrain(
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="Frozen teacher (cocomix, kd)."),
     sae: Optional[Path] = typer.Option(None, "--sae", help="SAE on the teacher's layer (cocomix)."),
     sae_layer: Optional[int] = typer.Option(None, "--sae-layer", help="Teacher block the SAE reads."),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", help="Label store from `cocomix labels build` (cocomix): no teacher "
+                               "in the step. The label kind is --concept.labels."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
 ):
@@ -35,6 +38,10 @@ def pretrain(
 
     if resume and force:
         fail("--resume and --force exclude each other")
+    if labels is not None and mode not in (None, "cocomix"):
+        fail("--labels is for --mode cocomix")
+    if labels is not None and not resume:
+        mode = "cocomix"
     if resume:
         if not out.exists():
             fail(f"nothing to resume in {out}; drop --resume to start a new run")
@@ -65,6 +72,15 @@ def pretrain(
         if sae_layer is None and sae_cfg.layer is not None and \
                 not any("sae_layer" in a.replace("-", "_") for a in ctx.args):
             cfg.concept.sae_layer = sae_cfg.layer
+    if labels is not None and not resume:
+        from cocomix_mlx.labels import LabelStore
+
+        store = LabelStore(labels)  # defaults follow the store
+        cfg.concept.label_store = str(labels)
+        if not any("concept_dim" in a for a in ctx.args):
+            cfg.concept.concept_dim = store.latents
+        if not any("k_attr" in a.replace("-", "_") for a in ctx.args):
+            cfg.concept.k_attr = store.k_attr
     explicit_vocab = config is not None or any("vocab" in a for a in ctx.args)
     if not resume and not explicit_vocab:
         cfg.model.vocab_size = meta["vocab_size"]

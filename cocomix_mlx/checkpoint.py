@@ -52,18 +52,24 @@ def atomic_directory(path: str | Path, write, overwrite: bool = True) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         write(tmp)
-        recover(path)
-        if path.exists():
-            old = _old_path(path)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
+        swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def swap_in(src: Path, path: Path) -> None:
+    """Move the finished directory ``src`` to ``path``, replacing what is there with two renames
+    (:func:`recover` restores the old one if a crash falls between them)."""
+    recover(path)
+    if path.exists():
+        old = _old_path(path)
+        path.rename(old)
+        src.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        src.rename(path)
 
 
 def write_json(path: Path, data: Any) -> None:

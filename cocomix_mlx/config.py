@@ -51,6 +51,7 @@ class TrainConfig:
     dtype: str = "float32"
     compile: bool = True
     seed: int = 0
+    batch_order: str = "random"  # "random" windows | "windows": a permutation of aligned windows
     eval_every: int = 200
     eval_batches: int = 20
     save_every: int = 500
@@ -78,6 +79,7 @@ class ConceptConfig:
     k_attr: int = 4  # labels per position (``topK_attri``)
     lam: float = 0.1  # concept-loss weight (``lam_concept``)
     labels: str = "attribution"  # "attribution" | "activation" (ablation)
+    label_store: str = ""  # labels computed ahead (`cocomix labels build`): no teacher in the step
     mask_zero_rows: bool = True  # drop all-zero-attribution positions from the concept loss
     kd_weight: float = 0.1  # KD baseline: NTP + kd_weight · KL(teacher ‖ student)
 

@@ -249,18 +249,44 @@ class TokenDataset:
             raise DataError(f"{self.path} holds {len(self)} tokens, fewer than one window of "
                             f"{seq_len + 1}; lower --seq-len or add data")
 
-    def batch_at(self, step: int, batch_size: int, seq_len: int, seed: int):
-        """The training batch of ``step``: random windows that depend only on (seed, step)."""
-        rng = np.random.default_rng([seed, step])
-        starts = rng.integers(0, len(self) - seq_len, size=batch_size)
+    def starts_at(self, step: int, batch_size: int, seq_len: int, seed: int,
+                  order: str = "random") -> np.ndarray:
+        """Window starts of the training batch of ``step``, a function of (seed, step) alone.
+
+        ``random``: anywhere in the shard. ``windows``: the shard's consecutive ``seq_len``-token
+        windows, each epoch a fresh permutation of them (batches then coincide with windows
+        labelled ahead, e.g. by a label store built with ``--window seq_len --stride seq_len``).
+        """
+        if order == "random":
+            rng = np.random.default_rng([seed, step])
+            return rng.integers(0, len(self) - seq_len, size=batch_size)
+        if order != "windows":
+            raise DataError(f"batch order must be random or windows, not {order!r}")
+        count = (len(self) - 1) // seq_len
+        index = np.arange(step * batch_size, (step + 1) * batch_size)
+        starts = np.empty(batch_size, dtype=np.int64)
+        for epoch in np.unique(index // count):
+            rows = index // count == epoch
+            perm = np.random.default_rng([seed, int(epoch), 1]).permutation(count)
+            starts[rows] = perm[index[rows] % count] * seq_len
+        return starts
+
+    def take(self, starts, seq_len: int):
+        """``(inputs, targets)`` of the windows at ``starts``."""
         window = np.stack([self.tokens[s:s + seq_len + 1] for s in starts]).astype(np.int32)
         return window[:, :-1], window[:, 1:]
 
-    def batches(self, batch_size: int, seq_len: int, seed: int, start_step: int = 0):
+    def batch_at(self, step: int, batch_size: int, seq_len: int, seed: int,
+                 order: str = "random"):
+        """The training batch of ``step`` (see :meth:`starts_at`)."""
+        return self.take(self.starts_at(step, batch_size, seq_len, seed, order), seq_len)
+
+    def batches(self, batch_size: int, seq_len: int, seed: int, start_step: int = 0,
+                order: str = "random"):
         self._need(seq_len)
         step = start_step
         while True:
-            yield self.batch_at(step, batch_size, seq_len, seed)
+            yield self.batch_at(step, batch_size, seq_len, seed, order)
             step += 1
 
     def eval_batches(self, batch_size: int, seq_len: int, max_batches: int | None = None):
@@ -271,6 +297,5 @@ class TokenDataset:
         if max_batches:
             n_windows = min(n_windows, max_batches * batch_size)
         for first in range(0, n_windows, batch_size):
-            starts = range(first * seq_len, min(first + batch_size, n_windows) * seq_len, seq_len)
-            window = np.stack([self.tokens[s:s + seq_len + 1] for s in starts]).astype(np.int32)
-            yield window[:, :-1], window[:, 1:]
+            yield self.take(range(first * seq_len, min(first + batch_size, n_windows) * seq_len,
+                                  seq_len), seq_len)

@@ -29,28 +29,54 @@ def ntp(model: nn.Module, inputs: mx.array, targets: mx.array):
     return loss, {"ntp_loss": loss}
 
 
-def cocomix(teacher: Optional[nn.Module], sae, cc: ConceptConfig) -> Objective:
-    """``CE_ntp + λ · mean_i CE(concept_logits, label_i)``, labels from ``teacher`` + ``sae``.
-
-    With ``λ = 0`` (the mixing-only ablation) no teacher is needed.
-    """
-    labels_fn = attribution_labels if cc.labels == "attribution" else activation_labels
+def concept_objective(cc: ConceptConfig, labels_of) -> Objective:
+    """``CE_ntp + λ · mean_i CE(concept_logits, label_i)`` with ``labels_of(inputs, targets)``
+    giving ``(next-token targets, labels, valid)`` (labels ``None``: NTP on the mixing model)."""
 
     def objective(model, inputs, targets):
+        targets, labels, valid = labels_of(inputs, targets)
         h, z = model.hidden_states(inputs, return_concepts=True)
         loss = head_cross_entropy(h, targets, model.logits)
         metrics = {"ntp_loss": loss}
-        if teacher is None or cc.lam == 0:
+        if labels is None:
             return loss, metrics
-        labels, valid = labels_fn(teacher, sae, inputs, cc.sae_layer, cc.k_attr)
-        if not cc.mask_zero_rows:
-            valid = mx.ones_like(valid)
         closs = concept_loss(z, labels, valid)
         metrics["concept_loss"] = closs
         metrics["concept_recall"] = mx.stop_gradient(concept_recall(z, labels, valid))
         return loss + cc.lam * closs, metrics
 
     return objective
+
+
+def cocomix(teacher: Optional[nn.Module], sae, cc: ConceptConfig) -> Objective:
+    """CoCoMix with labels from ``teacher`` + ``sae`` computed in the step.
+
+    With ``λ = 0`` (the mixing-only ablation) no teacher is needed.
+    """
+    labels_fn = attribution_labels if cc.labels == "attribution" else activation_labels
+
+    def labels_of(inputs, targets):
+        if teacher is None or cc.lam == 0:
+            return targets, None, None
+        labels, valid = labels_fn(teacher, sae, inputs, cc.sae_layer, cc.k_attr)
+        return targets, labels, valid if cc.mask_zero_rows else mx.ones_like(valid)
+
+    return concept_objective(cc, labels_of)
+
+
+def cocomix_from_store(cc: ConceptConfig) -> Objective:
+    """CoCoMix with labels read from a label store: ``targets`` is ``(next tokens, labels,
+    flags)`` (``labels.LabeledDataset``). Flag 2 marks a labelled position, 1 one whose scores
+    were all zero (used only with ``mask_zero_rows = false``, as in the step), 0 no label."""
+    floor = 2 if cc.mask_zero_rows else 1
+
+    def labels_of(inputs, targets):
+        targets, labels, flags = targets
+        if cc.lam == 0:
+            return targets, None, None
+        return targets, labels, (flags >= floor).astype(mx.float32)
+
+    return concept_objective(cc, labels_of)
 
 
 def kl_divergence(teacher_logits: mx.array, student_logits: mx.array) -> mx.array:
@@ -72,18 +98,26 @@ def kd(teacher: nn.Module, weight: float) -> Objective:
     return objective
 
 
+def load_frozen(path: str | Path, dtype: str = "float32") -> tuple[nn.Module, dict]:
+    """A checkpoint as a frozen model in ``dtype`` (e.g. fp16-shipped weights computed in fp32),
+    with its config."""
+    from .checkpoint import load_model
+
+    model, config = load_model(path)
+    model.set_dtype(getattr(mx, dtype))
+    model.eval()
+    model.freeze()
+    return model, config
+
+
 def load_teacher(cfg: Config, data_meta: dict | None = None) -> nn.Module:
     """The frozen teacher of ``cfg.concept.teacher``, checked against the student's data."""
-    from .checkpoint import load_model
     from .tokenizer import load_tokenizer
 
     path = cfg.concept.teacher
     if not path:
         raise ConfigError(f"--mode {cfg.train.mode} needs a teacher: pass --teacher DIR")
-    teacher, tconfig = load_model(path)
-    teacher.set_dtype(getattr(mx, cfg.train.dtype))  # e.g. fp16-shipped weights computed in fp32
-    teacher.eval()
-    teacher.freeze()
+    teacher, tconfig = load_frozen(path, cfg.train.dtype)
     if data_meta is not None:
         tid = load_tokenizer(Path(path)).identity if (Path(path) / "tokenizer.json").exists() \
             else None
@@ -113,6 +147,8 @@ def build_objective(cfg: Config, data_meta: dict | None = None) -> Objective:
         raise ConfigError(f"concept.labels must be attribution or activation, not {cc.labels!r}")
     if cc.lam == 0:
         return cocomix(None, None, cc)
+    if cc.label_store:
+        return cocomix_from_store(cc)
     from .models.sae import load_sae
 
     if not cc.sae:

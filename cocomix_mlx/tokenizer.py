@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -188,6 +189,42 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
+    def token_bytes(self) -> list[bytes]:
+        """The UTF-8 bytes each token id stands for in decoded text (``b""`` for special tokens),
+        so that a token sequence's text is the concatenation of its tokens' bytes. Read from the
+        tokenizer's decoder: byte-level BPE (GPT-2, Llama 3, SmolLM2) and metaspace pieces with
+        byte fallback (sentencepiece BPE)."""
+        spec = json.loads(self._tok.to_str())
+        decoders = spec.get("decoder") or {}
+        decoders = decoders.get("decoders", [decoders]) if decoders.get("type") == "Sequence" \
+            else [decoders]
+        kinds = {d.get("type") for d in decoders}
+        replace = [(d["pattern"].get("String", ""), d["content"]) for d in decoders
+                   if d.get("type") == "Replace" and "String" in d.get("pattern", {})]
+        replace += [(d.get("replacement", "\u2581"), " ") for d in decoders
+                    if d.get("type") == "Metaspace"]
+        if "ByteLevel" not in kinds and not replace:
+            raise ConfigError(f"the tokenizer in {self.path} has a decoder this package cannot "
+                              f"align ({', '.join(sorted(map(str, kinds)))}); use a byte-level or "
+                              "sentencepiece BPE tokenizer")
+        byte_of = _byte_level_decoder() if "ByteLevel" in kinds else None
+        special = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+        table = []
+        for i in range(self.vocab_size):
+            piece = self._tok.id_to_token(i)
+            if piece is None or i in special:
+                table.append(b"")
+            elif byte_of is not None:
+                table.append(bytes(byte_of[c] for c in piece) if all(c in byte_of for c in piece)
+                             else piece.encode("utf-8"))
+            elif "ByteFallback" in kinds and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):
+                table.append(bytes([int(piece[3:5], 16)]))
+            else:
+                for old, new in replace:
+                    piece = piece.replace(old, new)
+                table.append(piece.encode("utf-8"))
+        return table
+
     def save(self, out_dir: str | Path) -> None:
         from .checkpoint import TOKENIZER_FILES
 
@@ -196,6 +233,17 @@ class Tokenizer:
         for name in TOKENIZER_FILES:
             if (self.path / name).exists():
                 shutil.copy2(self.path / name, out / name)
+
+
+def _byte_level_decoder() -> dict[str, int]:
+    """Byte-level BPE's alphabet, inverted: each byte is written as one printable character, the
+    printable Latin-1 bytes as themselves and the other bytes, in order, as code points 256, 257…"""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
+                 *range(ord("\xae"), ord("\xff") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    shown = {chr(b): b for b in printable}
+    shown.update({chr(256 + i): b for i, b in enumerate(others)})
+    return shown
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

@@ -123,8 +123,9 @@ class Trainer:
         self.data_dir = Path(data_dir)
         self.meta = load_meta(self.data_dir)
         check_vocab(self.meta, cfg.model.vocab_size)
-        self.train_data = TokenDataset(self.data_dir, "train")
-        self.val_data = TokenDataset(self.data_dir, "val")
+        self.train_data, self.val_data = open_datasets(cfg, self.data_dir)
+        if t.batch_order not in ("random", "windows"):
+            raise ConfigError(f"batch_order must be random or windows, not {t.batch_order!r}")
         if t.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be float32, bfloat16 or float16, not {t.dtype}")
         if t.dtype != "float32":
@@ -138,9 +139,13 @@ class Trainer:
         self.steps = compile_steps(self.model, self.objective, self.optimizer, self.cfg.train,
                                    self.world)
 
-    def _local_rows(self, array: np.ndarray) -> mx.array:
-        rows = array.shape[0] // self.world
-        return mx.array(array[self.rank * rows:(self.rank + 1) * rows])
+    def _local_rows(self, batch):
+        """This process's share of the rows of every array in ``batch``."""
+        def rows(array: np.ndarray) -> mx.array:
+            n = array.shape[0] // self.world
+            return mx.array(array[self.rank * n:(self.rank + 1) * n])
+
+        return tree_map(rows, batch)
 
     def train_step(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, dict, float]:
         """One optimizer step on a global batch of ``grad_accum * batch_size`` rows."""
@@ -155,8 +160,8 @@ class Trainer:
             total, sums, acc = 0.0, None, None
             for i in range(t.grad_accum):
                 sl = slice(i * t.batch_size, (i + 1) * t.batch_size)
-                loss, metrics, grads = self.steps.grad(self._local_rows(inputs[sl]),
-                                                  self._local_rows(targets[sl]))
+                loss, metrics, grads = self.steps.grad(
+                    *self._local_rows(tree_map(lambda a: a[sl], (inputs, targets))))
                 acc = grads if acc is None else tree_map(mx.add, acc, grads)
                 sums = metrics if sums is None else tree_map(mx.add, sums, metrics)
                 total = loss if i == 0 else total + loss
@@ -175,7 +180,7 @@ class Trainer:
         self.model.eval()
         total, sums, n = 0.0, {}, 0
         for inputs, targets in self.val_data.eval_batches(t.batch_size, t.seq_len, t.eval_batches):
-            loss, metrics = self.steps.eval(mx.array(inputs), mx.array(targets))
+            loss, metrics = self.steps.eval(*tree_map(mx.array, (inputs, targets)))
             total += loss.item()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
@@ -252,7 +257,7 @@ class Trainer:
         callback = callback or (lambda event, info: None)
         tokens_per_step = t.batch_size * t.grad_accum * t.seq_len
         batches = self.train_data.batches(t.batch_size * t.grad_accum, t.seq_len, t.seed,
-                                          start_step=self.state.step)
+                                          start_step=self.state.step, order=t.batch_order)
         self.model.train()
         mx.reset_peak_memory()
         schedule = lr_schedule(t)
@@ -290,6 +295,18 @@ class Trainer:
                 self.save()
                 callback("save", {"step": step, "path": str(self.out_dir)})
         return last
+
+
+def open_datasets(cfg: Config, data_dir: Path) -> tuple[TokenDataset, TokenDataset]:
+    """Training and validation shards; with a label store (CoCoMix), they carry its labels."""
+    cc = cfg.concept
+    if cfg.train.mode != "cocomix" or not cc.label_store or cc.lam == 0:
+        return TokenDataset(data_dir, "train"), TokenDataset(data_dir, "val")
+    from .labels import LabeledDataset, LabelStore
+
+    store = LabelStore(cc.label_store)
+    store.check(data_dir, kind=cc.labels, latents=cc.concept_dim, k_attr=cc.k_attr)
+    return LabeledDataset(data_dir, "train", store), LabeledDataset(data_dir, "val", store)
 
 
 def config_from_checkpoint(path: str | Path) -> Config:
