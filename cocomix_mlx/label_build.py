@@ -41,6 +41,8 @@ def _arrays(path: Path, n: int, k: int, dtype, fresh: bool):
     return (np.load(f"{path}.labels.npy", mmap_mode="r+"),
             np.load(f"{path}.flags.npy", mmap_mode="r+"))
 
+SAVE_SECONDS = float(os.environ.get("COCOMIX_LABELS_SAVE_SECONDS", "5"))  # progress records
+
 
 class _Builder:
     def __init__(self, teacher_dir: Path, sae_dir: Path, data_dir: Path, cfg: BuildConfig):
@@ -131,7 +133,7 @@ class _Builder:
                 labels[lo:hi] = out[r, lo - s:hi - s]
                 flags[lo:hi] = 1 + valid[r, lo - s:hi - s].astype(np.uint8)
             tick(spans[-1][2] - spans[0][1])
-            if b + 1 == batches or time.monotonic() - last_save > 10:
+            if b + 1 == batches or time.monotonic() - last_save > SAVE_SECONDS:
                 labels.flush()
                 flags.flush()
                 state["batches"] = b + 1
