@@ -1,6 +1,10 @@
 """Training-step throughput. Prints one JSON line per config.
 
-    python benchmarks/train_step.py [--steps 5] [--config d256]
+    python benchmarks/train_step.py [--steps 5] [--config d256] [--mode ntp --mode cocomix ...]
+                                    [--labels]
+
+``--labels``: the CoCoMix step reads its labels from a label store (random labels here; the
+step's cost does not depend on their values) instead of running the teacher and SAE.
 
 Figures: tokens/s, step ms (median), peak memory, achieved GFLOP/s (6N + 12·L·T·d per token,
 PaLM's count; N includes the tied LM head) and its fraction of the fp32 matmul peak measured in
@@ -42,10 +46,13 @@ def step_flops(mcfg: ModelConfig, seq_len: int) -> float:
     return 6 * n + 12 * L * seq_len * d
 
 
-def make_objective(mode: str, mcfg: ModelConfig, concept: ConceptConfig):
-    """The objective of ``mode`` with a random teacher of the student's shape and a random SAE."""
+def make_objective(mode: str, mcfg: ModelConfig, concept: ConceptConfig, stored: bool = False):
+    """The objective of ``mode`` with a random teacher of the student's shape and a random SAE
+    (``stored``: CoCoMix with labels read from a label store, no teacher in the step)."""
     if mode in ("ntp", "pause"):
         return objectives.ntp
+    if mode == "cocomix" and stored:
+        return objectives.cocomix_from_store(concept)
     teacher = build_model(mcfg, seed=1)
     teacher.eval()
     teacher.freeze()
@@ -57,7 +64,7 @@ def make_objective(mode: str, mcfg: ModelConfig, concept: ConceptConfig):
     return objectives.cocomix(teacher, sae, concept)
 
 
-def run(name: str, spec: dict, steps: int, mode: str, peak: float) -> dict:
+def run(name: str, spec: dict, steps: int, mode: str, peak: float, stored: bool = False) -> dict:
     mcfg = ModelConfig(**spec["model"])
     tcfg = TrainConfig(batch_size=spec["batch_size"], seq_len=spec["seq_len"], steps=1000,
                        mode=mode)
@@ -65,11 +72,15 @@ def run(name: str, spec: dict, steps: int, mode: str, peak: float) -> dict:
     model = build_model(mcfg, mode=mode, concept=concept)
     optimizer = make_optimizer(tcfg)
     optimizer.init(model.trainable_parameters())
-    fns = compile_steps(model, make_objective(mode, mcfg, concept), optimizer, tcfg)
+    stored = stored and mode == "cocomix"
+    fns = compile_steps(model, make_objective(mode, mcfg, concept, stored), optimizer, tcfg)
     rng = np.random.default_rng(0)
     shape = (tcfg.batch_size, tcfg.seq_len)
     x = mx.array(rng.integers(0, mcfg.vocab_size, shape, dtype=np.int32))
     y = mx.array(rng.integers(0, mcfg.vocab_size, shape, dtype=np.int32))
+    if stored:  # a batch as LabeledDataset gives it: (targets, labels, flags)
+        labels = rng.integers(0, concept.concept_dim, (*shape, concept.k_attr), dtype=np.int32)
+        y = (y, mx.array(labels), mx.full(shape, 2, mx.uint8))
     for _ in range(2):
         mx.eval(fns.fused(x, y), model.state, optimizer.state)
     mx.reset_peak_memory()
@@ -81,7 +92,7 @@ def run(name: str, spec: dict, steps: int, mode: str, peak: float) -> dict:
     dt = statistics.median(times)
     tokens = tcfg.batch_size * tcfg.seq_len
     gflops = step_flops(mcfg, tcfg.seq_len) * tokens / dt / 1e9
-    return {"config": name, "mode": mode, "d": mcfg.n_embd, "L": mcfg.n_layer,
+    return {"config": name, "mode": mode, "labels": "store" if stored else "step", "d": mcfg.n_embd, "L": mcfg.n_layer,
             "H": mcfg.n_head, "V": mcfg.vocab_size, "T": tcfg.seq_len, "B": tcfg.batch_size,
             "tokens_per_s": round(tokens / dt, 1), "step_ms": round(dt * 1000, 1),
             "peak_memory_mb": round(mx.get_peak_memory() / 2**20, 1),
@@ -95,11 +106,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--config", action="append", choices=sorted(CONFIGS))
     parser.add_argument("--mode", action="append", default=None)
+    parser.add_argument("--labels", action="store_true",
+                        help="cocomix reads its labels from a store (no teacher in the step)")
     args = parser.parse_args()
     peak = matmul_gflops(1024)["mlx"]
     for name in args.config or ["d256"]:
+        ntp_ms = None
         for mode in args.mode or ["ntp"]:
-            print(json.dumps(run(name, CONFIGS[name], args.steps, mode, peak)), flush=True)
+            row = run(name, CONFIGS[name], args.steps, mode, peak, args.labels)
+            ntp_ms = row["step_ms"] if mode == "ntp" else ntp_ms
+            if ntp_ms:
+                row["x_ntp"] = round(row["step_ms"] / ntp_ms, 2)
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from . import backend  # noqa: F401  (must run before anything imports mlx)
 from . import concepts  # noqa: E402
+from . import labels  # noqa: E402
 from .generate import generate  # noqa: E402  (the function; the module stays cocomix_mlx.generate)
 from .errors import CocomixError
 
@@ -22,4 +23,4 @@ def load_sae(path):
     return _load_sae(path)
 
 
-__all__ = ["CocomixError", "concepts", "generate", "load", "load_sae", "__version__"]
+__all__ = ["CocomixError", "concepts", "generate", "labels", "load", "load_sae", "__version__"]

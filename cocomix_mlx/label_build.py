@@ -216,7 +216,8 @@ def build(teacher: str | Path, sae: str | Path, data: str | Path, out: str | Pat
     for name, tokens in splits.items():
         _, flags = _arrays(partial / name, len(tokens), meta["k_attr"], builder.dtype, False)
         meta[name] = {"tokens": len(tokens), "labelled": int((np.asarray(flags) == 2).sum()),
-                      "zero": int((np.asarray(flags) == 1).sum())}
+                      "zero": int((np.asarray(flags) == 1).sum()),
+                      "teacher_tokens": len(tokens) if builder.same else state[name]["aligned"]}
     meta["complete"] = True
     meta["build"] = asdict(builder.cfg)
     _write_json(partial / "meta.json", meta)
