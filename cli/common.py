@@ -46,3 +46,22 @@ def step_progress(total: int, start: int = 0,
     bar = Progress(*columns, console=err_console, disable=not sys.stderr.isatty())
     task = bar.add_task("train", total=total, completed=start, **{f: "-" for f in fields})
     return bar, task
+
+
+def print_token_rows(rows: list[dict], as_json: bool, title: str, header: str, cells) -> None:
+    """Per-token rows (``position``, ``token``, ...) as JSON or as a table whose third column
+    is ``cells(row)``."""
+    if as_json:
+        import json
+
+        console.print_json(json.dumps(rows))
+        return
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("#", justify="right")
+    table.add_column("token")
+    table.add_column(header)
+    for row in rows:
+        table.add_row(str(row["position"]), repr(row["token"]), cells(row))
+    console.print(table)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import console
+from .common import console, print_token_rows
 
 
 def generate(
@@ -63,10 +63,6 @@ def concepts(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """Per token, the concepts a CoCoMix model predicts, with their logits (and labels)."""
-    import json
-
-    from rich.table import Table
-
     import cocomix_mlx as cm
     from cocomix_mlx.generate import predicted_concepts
     from cocomix_mlx.sae_analysis import read_dictionary
@@ -76,15 +72,7 @@ def concepts(
     if dictionary is not None:
         labels = {item["index"]: item["label"] for item in read_dictionary(dictionary)}
     rows = predicted_concepts(net, tokenizer, text, top, labels)
-    if as_json:
-        console.print_json(json.dumps(rows))
-        return
-    table = Table(title=f"top {top} predicted concepts per token")
-    table.add_column("#", justify="right")
-    table.add_column("token")
-    table.add_column("concepts (index: logit, label)")
-    for row in rows:
-        cells = ", ".join(f"{c['index']}: {c['logit']:.2f}" + (f" {c['label']}" if c["label"] else "")
-                          for c in row["concepts"])
-        table.add_row(str(row["position"]), repr(row["token"]), cells)
-    console.print(table)
+    print_token_rows(rows, as_json, f"top {top} predicted concepts per token",
+                     "concepts (index: logit, label)", lambda row: ", ".join(
+                         f"{c['index']}: {c['logit']:.2f}" + (f" {c['label']}" if c["label"] else "")
+                         for c in row["concepts"]))

@@ -10,7 +10,7 @@ import typer
 from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from .common import console, err_console
+from .common import console, err_console, print_token_rows
 
 labels_app = typer.Typer(no_args_is_help=True,
                          help="Concept labels computed once from a teacher and its SAE.")
@@ -68,10 +68,6 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """A passage with each token's stored labels, named through the concept dictionary."""
-    import json
-
-    from rich.table import Table
-
     from cocomix_mlx import labels
     from cocomix_mlx.sae_analysis import read_dictionary
 
@@ -79,15 +75,7 @@ def inspect(
     if dictionary is not None:
         names = {item["index"]: item["label"] for item in read_dictionary(dictionary)}
     rows = labels.inspect(labels.open(store), data, split, at, count, names)
-    if as_json:
-        console.print_json(json.dumps(rows))
-        return
-    table = Table(title=f"stored labels, {split} positions {at}..{rows[-1]['position']}")
-    table.add_column("#", justify="right")
-    table.add_column("token")
-    table.add_column("labels (index label)")
-    for row in rows:
-        cells = ", ".join(f"{c['index']}" + (f" {c['label']}" if c["label"] else "")
-                          for c in row["labels"]) or f"[dim]{FLAGS[row['flag']]}[/]"
-        table.add_row(str(row["position"]), repr(row["token"]), cells)
-    console.print(table)
+    print_token_rows(rows, as_json, f"stored labels, {split} positions {at}..{rows[-1]['position']}",
+                     "labels (index label)", lambda row: ", ".join(
+                         f"{c['index']}" + (f" {c['label']}" if c["label"] else "")
+                         for c in row["labels"]) or f"[dim]{FLAGS[row['flag']]}[/]")
