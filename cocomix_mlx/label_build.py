@@ -33,8 +33,11 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _arrays(path: Path, n: int, k: int, dtype, fresh: bool):
     """``(labels, flags)`` .npy memmaps at ``path`` prefix, created or reopened."""
-    if n == 0:
-        return np.zeros((0, k), dtype), np.zeros(0, np.uint8)
+    if n == 0:  # np.memmap cannot map an empty file: plain empty arrays, saved as such
+        labels, flags = np.zeros((0, k), dtype), np.zeros(0, np.uint8)
+        np.save(f"{path}.labels.npy", labels)
+        np.save(f"{path}.flags.npy", flags)
+        return labels, flags
     if fresh:
         return (np.lib.format.open_memmap(f"{path}.labels.npy", "w+", dtype, (n, k)),
                 np.lib.format.open_memmap(f"{path}.flags.npy", "w+", np.uint8, (n,)))
@@ -149,7 +152,6 @@ def build(teacher: str | Path, sae: str | Path, data: str | Path, out: str | Pat
     The store is written in ``.NAME.partial`` beside ``out`` and moved into place when complete;
     an interrupted build continues there with ``resume`` and gives the same bytes.
     """
-    from . import align
     from .checkpoint import swap_in
 
     out, data, teacher, sae = Path(out), Path(data), Path(teacher), Path(sae)
@@ -169,11 +171,15 @@ def build(teacher: str | Path, sae: str | Path, data: str | Path, out: str | Pat
     builder = _Builder(teacher, sae, data, cfg or BuildConfig())
     meta, progress_path = builder.meta, partial / "progress.json"
     if resume:
-        before = json.loads((partial / "meta.json").read_text(encoding="utf-8"))
-        if before != meta:
+        try:
+            before = json.loads((partial / "meta.json").read_text(encoding="utf-8"))
+            state = json.loads(progress_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            raise ConfigError(f"the interrupted build in {partial} stopped before its first "
+                              "record; pass --force to start again") from None
+        if _settings(before) != _settings(meta):
             raise ConfigError(f"the interrupted build in {partial} used other settings, teacher, "
                               "SAE or data; pass --force to start again")
-        state = json.loads(progress_path.read_text(encoding="utf-8"))
     else:
         partial.mkdir(parents=True)
         _write_json(partial / "meta.json", meta)
@@ -192,26 +198,12 @@ def build(teacher: str | Path, sae: str | Path, data: str | Path, out: str | Pat
     def save() -> None:
         _write_json(progress_path, state)
 
-    for name, tokens in splits.items():
-        st = state[name]
-        if builder.same:
-            builder.label_stream(tokens, partial / name, st, save, tick)
-            continue
-        tbin, tmap = partial / f"{name}.teacher.bin", partial / f"{name}.map.npy"
-        if st["aligned"] < 0:
-            st["aligned"] = align.align(tokens, builder.student_tok, builder.teacher_tok,
-                                        tbin, tmap) if len(tokens) else 0
-            save()
-        stream = np.memmap(tbin, np.uint32, "r") if st["aligned"] else np.zeros(0, np.uint32)
-        scale = len(tokens) / max(1, len(stream))  # progress counts the student's tokens
-        builder.label_stream(stream, partial / f"{name}.teacher", st, save,
-                             lambda n: tick(round(n * scale)))
-        if not st["gathered"]:
-            _gather(partial, name, len(tokens), builder.cfg.k_attr, builder.dtype)
-            st["gathered"] = True
-            save()
-        for suffix in (".teacher.bin", ".map.npy", ".teacher.labels.npy", ".teacher.flags.npy"):
-            (partial / f"{name}{suffix}").unlink(missing_ok=True)
+    try:
+        for name, tokens in splits.items():
+            _split(builder, partial, name, tokens, state[name], save, tick)
+    except OSError as e:
+        raise DataError(f"cannot write the label store in {partial}: {e}; make room and pass "
+                        "--resume") from None
 
     for name, tokens in splits.items():
         _, flags = _arrays(partial / name, len(tokens), meta["k_attr"], builder.dtype, False)
@@ -229,16 +221,47 @@ def build(teacher: str | Path, sae: str | Path, data: str | Path, out: str | Pat
     return meta
 
 
+def _settings(meta: dict) -> dict:
+    """A build's identity for resuming: everything in ``meta`` but where the inputs were."""
+    return {k: ({kk: vv for kk, vv in v.items() if kk != "path"} if isinstance(v, dict) else v)
+            for k, v in meta.items()}
+
+
+def _split(builder: _Builder, partial: Path, name: str, tokens: np.ndarray, st: dict, save,
+           tick) -> None:
+    """Label one split; a teacher with its own tokenizer aligns, labels its stream, gathers."""
+    from . import align
+
+    if builder.same:
+        builder.label_stream(tokens, partial / name, st, save, tick)
+        return
+    if st["gathered"]:
+        tick(len(tokens))
+        return
+    tbin, tmap = partial / f"{name}.teacher.bin", partial / f"{name}.map.npy"
+    if st["aligned"] < 0:
+        st["aligned"] = align.align(tokens, builder.student_tok, builder.teacher_tok, tbin,
+                                    tmap) if len(tokens) else 0
+        save()
+    stream = np.memmap(tbin, np.uint32, "r") if st["aligned"] else np.zeros(0, np.uint32)
+    scale = len(tokens) / max(1, len(stream))  # progress counts the student's tokens
+    builder.label_stream(stream, partial / f"{name}.teacher", st, save,
+                         lambda n: tick(round(n * scale)))
+    _gather(partial, name, len(tokens), builder.cfg.k_attr, builder.dtype)
+    st["gathered"] = True
+    save()
+    for suffix in (".teacher.bin", ".map.npy", ".teacher.labels.npy", ".teacher.flags.npy"):
+        (partial / f"{name}{suffix}").unlink(missing_ok=True)
+
+
 def _gather(partial: Path, name: str, n: int, k: int, dtype, block: int = 1 << 20) -> None:
     """Student labels from the teacher positions the alignment picked (flag 0 where none)."""
     labels, flags = _arrays(partial / name, n, k, dtype, fresh=True)
     if n == 0:
         return
     mapping = np.load(partial / f"{name}.map.npy", mmap_mode="r")
-    teacher = partial / f"{name}.teacher"
-    if Path(f"{teacher}.labels.npy").exists():
-        t_labels, t_flags = _arrays(teacher, 1, k, dtype, fresh=False)
-    else:  # an empty teacher stream: nothing is labelled
+    t_labels, t_flags = _arrays(partial / f"{name}.teacher", 1, k, dtype, fresh=False)
+    if len(t_flags) == 0:  # an empty teacher stream: nothing is labelled
         t_labels, t_flags = np.zeros((1, k), dtype), np.zeros(1, np.uint8)
     for a in range(0, n, block):
         idx = np.asarray(mapping[a:a + block])

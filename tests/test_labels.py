@@ -290,3 +290,42 @@ def test_bad_inputs_are_one_line_errors(root, tmp_path):
                 "--out", tmp_path / "ok")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "ok" / "config.json").read_text())["cocomix"]["concept_dim"] == 128
+
+
+def test_interrupted_cross_tokenizer_build_resumes_to_identical_bytes(root, tmp_path):
+    """Interrupted in the validation split, after the training split was aligned, labelled and
+    gathered (its teacher files gone), the resumed build equals an uninterrupted one."""
+    if not (root / "cross").exists():
+        pytest.skip("needs the cross-tokenizer store of the test above")
+    train_tokens = len(TokenDataset(root / "data", "train"))
+
+    def stop(done, total):
+        if done > train_tokens + 200:
+            raise KeyboardInterrupt
+
+    cfg = labels.BuildConfig(window=T, stride=T // 2, batch_size=B)
+    with pytest.raises(KeyboardInterrupt):
+        labels.build(root / "bteacher", root / "sae", root / "data", tmp_path / "x", cfg,
+                     progress=stop)
+    state = json.loads((tmp_path / ".x.partial" / "progress.json").read_text())
+    assert state["train"]["gathered"] and not state["val"]["gathered"]
+    labels.build(root / "bteacher", root / "sae", root / "data", tmp_path / "x",
+                 labels.BuildConfig(window=T, stride=T // 2, batch_size=B), resume=True)
+    for name in ("train.labels.npy", "train.flags.npy", "val.labels.npy", "val.flags.npy"):
+        assert (tmp_path / "x" / name).read_bytes() == (root / "cross" / name).read_bytes()
+
+
+def test_store_without_a_validation_split_trains(root, tmp_path):
+    from test_cocomix import cocomix_config
+    from test_train import make_trainer
+
+    prepare([str(root / "docs.jsonl")], str(root / "tok"), str(tmp_path / "d"), val_fraction=0)
+    labels.build(root / "teacher", root / "sae", tmp_path / "d", tmp_path / "s",
+                 labels.BuildConfig(window=T, stride=T, batch_size=B))
+    store = labels.open(tmp_path / "s")
+    assert store.split("val")[0].shape == (0, 4) and store.meta["val"]["tokens"] == 0
+    cfg = cocomix_config(2, "", "", seq_len=T, batch_size=B, eval_every=0, save_every=0)
+    cfg.model.vocab_size, cfg.concept.concept_dim, cfg.concept.concept_num = 400, 128, 8
+    cfg.concept.label_store = str(tmp_path / "s")
+    last = make_trainer(cfg, tmp_path / "d", tmp_path / "run").train()
+    assert last["concept_loss"] > 0 and "val_loss" not in last
