@@ -14,6 +14,15 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def warn_if_slow_blas() -> None:
+    """One warning line, with the fix, when MLX runs on its slow reference BLAS (Linux)."""
+    from cocomix_mlx.backend import BLAS
+
+    if BLAS.status in ("not-found", "failed", "too-late"):
+        err_console.print(f"[yellow]warning:[/] MLX uses its slow reference BLAS (matmuls ~40x "
+                          f"slower): {BLAS.detail}", highlight=False, soft_wrap=True)
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print one line on stderr and exit (status 2: the user can fix it)."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

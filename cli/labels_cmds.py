@@ -10,7 +10,7 @@ import typer
 from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from .common import console, err_console, print_token_rows
+from .common import console, err_console, print_token_rows, warn_if_slow_blas
 
 labels_app = typer.Typer(no_args_is_help=True,
                          help="Concept labels computed once from a teacher and its SAE.")
@@ -33,6 +33,7 @@ def build(
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
 ):
     """Run the teacher over the data once and store each token's concept labels."""
+    warn_if_slow_blas()
     from cocomix_mlx import labels
 
     cfg = labels.BuildConfig(kind=kind, k_attr=k_attr, window=window, stride=stride,

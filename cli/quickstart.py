@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .common import byte_progress, console, fail
+from .common import byte_progress, console, fail, warn_if_slow_blas
 
 PROMPT = "The return value of the function"
 SAMPLING = dict(temp=0.8, top_p=0.95, repetition_penalty=1.3, seed=0)
@@ -58,6 +58,7 @@ def quickstart(
 ):
     """Continue CoCoMix pretraining of the shipped student on Python's own documentation, with
     the shipped teacher and SAE; compare with its NTP twin; print a plain and a steered sample."""
+    warn_if_slow_blas()
     import mlx.core as mx
     from rich.table import Table
 

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from .common import console, fail, step_progress
+from .common import console, fail, step_progress, warn_if_slow_blas
 
 sae_app = typer.Typer(no_args_is_help=True, help="Train, evaluate and describe TopK SAEs.")
 
@@ -38,6 +38,7 @@ def sae_train(
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
 ):
     """Train a TopK SAE on a teacher's residual stream (Gao et al. 2024 recipe)."""
+    warn_if_slow_blas()
     from cocomix_mlx.checkpoint import load_model
     from cocomix_mlx.sae_trainer import SAETrainConfig, SAETrainer, sae_config_from_checkpoint
 

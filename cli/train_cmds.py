@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .common import console, fail, step_progress
+from .common import console, fail, step_progress, warn_if_slow_blas
 
 MODES = "ntp, cocomix, kd, pause"
 
@@ -30,6 +30,7 @@ def pretrain(
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
 ):
     """Pretrain a model. Any config key can be overridden: --lr 3e-4 --model.n_layer 4 ..."""
+    warn_if_slow_blas()
     from cocomix_mlx import config as cfgmod
     from cocomix_mlx.models import build_model, num_parameters
     from cocomix_mlx.objectives import build_objective

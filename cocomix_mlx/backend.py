@@ -1,12 +1,15 @@
 """Process-level backend setup: a fast BLAS for MLX on Linux, device choice, environment report.
 
 On Linux the pip ``mlx[cpu]`` wheel links a reference BLAS (a few GFLOP/s for fp32 matmul).
-Loading the system OpenBLAS with ``RTLD_GLOBAL`` *before* ``mlx`` is first imported makes MLX's
+Loading an OpenBLAS with ``RTLD_GLOBAL`` *before* ``mlx`` is first imported makes MLX's
 ``cblas_sgemm`` calls bind to it (~40x faster, same results). This module does that on import, so
 it must be imported before anything that imports ``mlx`` -- ``import cocomix_mlx`` does it first.
 
-Environment: ``COCOMIX_BLAS=off`` disables it; ``COCOMIX_BLAS=/path/to/libopenblas.so`` picks a
-library. It is a no-op on macOS (MLX uses Accelerate there).
+Where no system OpenBLAS is found, the one in the ``cmeel-openblas`` wheel (a dependency on
+Linux) is loaded instead (:mod:`cocomix_mlx.wheel_blas`), so ``pip install`` alone gives the fast
+BLAS. Environment: ``COCOMIX_BLAS=off`` disables it, ``COCOMIX_BLAS=wheel`` takes the wheel's even
+where a system one exists, ``COCOMIX_BLAS=/path/to/libopenblas.so`` picks a library. It is a
+no-op on macOS (MLX uses Accelerate there).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import sys
 from dataclasses import dataclass
 
 ENV_VAR = "COCOMIX_BLAS"
+SLOW_BLAS_FIX = ("pip install cmeel-openblas, or install the system OpenBLAS (Debian/Ubuntu: "
+                 "apt-get install libopenblas0-pthread)")
 
 _CANDIDATES = (
     "/usr/lib/{arch}-linux-gnu/openblas-pthread/libopenblas.so.0",
@@ -58,19 +63,29 @@ def _setup_blas() -> BlasState:
             detail="mlx was imported before cocomix_mlx; import cocomix_mlx first or set "
             "LD_PRELOAD to an OpenBLAS library",
         )
-    paths = [choice] if choice else _candidate_paths()
-    for path in paths:
-        if not (os.path.isabs(path) and not os.path.exists(path)):
-            try:
-                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-                return BlasState("loaded", library=path)
-            except OSError as e:
-                if choice:
-                    return BlasState("failed", library=path, detail=str(e))
-    return BlasState(
-        "not-found",
-        detail="install the OpenBLAS package (Debian/Ubuntu: apt-get install libopenblas0-pthread)",
-    )
+    if choice and choice.lower() != "wheel" and not os.path.exists(choice) and "/" in choice:
+        return BlasState("failed", library=choice, detail=f"{ENV_VAR}: {choice} does not exist; "
+                                                          f"{SLOW_BLAS_FIX}")
+    if choice.lower() != "wheel":
+        paths = [choice] if choice else _candidate_paths()
+        for path in paths:
+            if not (os.path.isabs(path) and not os.path.exists(path)):
+                try:
+                    ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                    return BlasState("loaded", library=path, detail="system OpenBLAS"
+                                     if not choice else f"{ENV_VAR}={choice}")
+                except OSError as e:
+                    if choice:
+                        return BlasState("failed", library=path, detail=str(e))
+    from . import wheel_blas
+
+    try:
+        library, gfortran = wheel_blas.load()
+        return BlasState("loaded", library=library,
+                         detail=f"OpenBLAS from the cmeel-openblas wheel, {gfortran}")
+    except OSError as e:
+        status = "failed" if choice else "not-found"
+        return BlasState(status, detail=f"{e}; {SLOW_BLAS_FIX}")
 
 
 BLAS = _setup_blas()
