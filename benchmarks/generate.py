@@ -3,7 +3,7 @@
     python benchmarks/generate.py [--tokens 128]
 
 (a) our GPT-2 class vs mlx-lm's own ``gpt2`` on the same checkpoint; (b) CoCoMix vs NTP decode of
-the same size; (c) KV-cached vs full recomputation for 512 generated tokens. Random weights,
+the same size; both timed in turn, in alternating order, ``--repeats`` times, medians; (c) KV-cached vs full recomputation for 512 generated tokens. Random weights,
 d=256 L=6 H=8, GPT-2's vocabulary (V=50257; BPE files from ../shared/tokenizers/gpt2), greedy.
 """
 
@@ -13,6 +13,7 @@ import cocomix_mlx  # noqa: F401  (first: BLAS setup)
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -49,6 +50,23 @@ def speed(model, tokenizer, prompt: list[int], tokens: int) -> dict:
             "generated": last.generation_tokens}
 
 
+def alternate(models: dict, tokenizer, prompt: list[int], tokens: int, repeats: int) -> dict:
+    """Each model timed ``repeats`` times, in turn and in alternating order (a b, b a, a b,
+    ...): all runs and medians."""
+    runs: dict[str, list[dict]] = {name: [] for name in models}
+    order = list(models.items())
+    for i in range(repeats):
+        for name, model in (order if i % 2 == 0 else order[::-1]):
+            runs[name].append(speed(model, tokenizer, prompt, tokens))
+    return {name: {"decode_tps": statistics.median(r["decode_tps"] for r in rs),
+                   "prompt_tps": statistics.median(r["prompt_tps"] for r in rs),
+                   "decode_runs": [r["decode_tps"] for r in rs]} for name, rs in runs.items()}
+
+
+def ratio(result: dict, a: str, b: str) -> float:
+    return round(result[a]["decode_tps"] / result[b]["decode_tps"], 3)
+
+
 def recompute(model, prompt: list[int], tokens: int) -> float:
     """Greedy decoding that reruns the whole sequence for every token; returns tokens/s."""
     seq = list(prompt)
@@ -60,7 +78,9 @@ def recompute(model, prompt: list[int], tokens: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--skip-recompute", action="store_true")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cocomix-bench-"))
     gpt2 = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "gpt2"
@@ -71,15 +91,16 @@ def main() -> None:
     prompt = list(range(1, 65))
     ours, tok = cocomix_mlx.load(ntp_dir)
     theirs, _ = mlx_lm.load(str(ntp_dir))
-    speed(ours, tok, prompt, 8)
-    a_ours, a_theirs = speed(ours, tok, prompt, args.tokens), speed(theirs, tok, prompt, args.tokens)
-    print(json.dumps({**base, "case": "ntp_ours_vs_mlx_lm", "ours": a_ours, "mlx_lm": a_theirs,
-                      "decode_ratio": round(a_ours["decode_tps"] / a_theirs["decode_tps"], 3)}))
     cocomix, _ = cocomix_mlx.load(cocomix_dir)
-    b = speed(cocomix, tok, prompt, args.tokens)
-    print(json.dumps({**base, "case": "cocomix_vs_ntp_decode", "cocomix": b, "ntp": a_ours,
-                      "decode_ratio": round(b["decode_tps"] / a_ours["decode_tps"], 3)}))
-    for name, model in (("ntp", ours), ("cocomix", cocomix)):
+    for model in (ours, theirs, cocomix):
+        speed(model, tok, prompt, 8)
+    a = alternate({"ours": ours, "mlx_lm": theirs}, tok, prompt, args.tokens, args.repeats)
+    print(json.dumps({**base, "case": "ntp_ours_vs_mlx_lm", **a,
+                      "decode_ratio": ratio(a, "ours", "mlx_lm")}))
+    b = alternate({"cocomix": cocomix, "ntp": ours}, tok, prompt, args.tokens, args.repeats)
+    print(json.dumps({**base, "case": "cocomix_vs_ntp_decode", **b,
+                      "decode_ratio": ratio(b, "cocomix", "ntp")}))
+    for name, model in (() if args.skip_recompute else (("ntp", ours), ("cocomix", cocomix))):
         cached = speed(model, tok, prompt, 512)["decode_tps"]
         full = recompute(model, prompt, 512)
         print(json.dumps({**base, "case": f"{name}_cached_vs_recompute_512", "cached_tps": cached,

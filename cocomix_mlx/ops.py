@@ -14,12 +14,14 @@ import math
 from contextlib import nullcontext
 
 import mlx.core as mx
+import mlx.nn as nn
 
 _GELU_K = 2.0 * math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
 _LOG2E = 1.4426950408889634
 _LN2_HI, _LN2_LO = 0.693145751953125, 1.428606765330187e-06  # ln 2 = hi + lo, n·hi exact
 _ROUND = 12582912.0  # 1.5·2²³: adding then subtracting it rounds an fp32 to the nearest integer
+SMALL = 1 << 14  # elements up to which a kernel takes MLX's own fused form (decoding)
 _STREAMS: dict[int, list] = {}
 _CE_FUNCS: dict[str, object] = {}
 
@@ -82,11 +84,16 @@ def gelu_tanh(x: mx.array) -> mx.array:
 
     0.5·x·(1 + tanh(u)) = x·sigmoid(2u) = x / (1 + exp(-2u)), u = sqrt(2/π)(x + 0.044715x³), with
     its derivative written out (s + x·s(1 - s)·2u', s = sigmoid(2u)) so the backward reuses s.
+    Inputs of at most :data:`SMALL` elements (a decoded token) take mlx's compiled
+    ``nn.gelu_approx``, the same function: there the number of graph nodes, not the arithmetic,
+    sets the time.
     The exponent is capped at 40 where exp(-2u) would overflow; there both the value (|x|·e⁻⁴⁰)
     and its slope are zero in fp32.
     """
     if x.dtype == mx.float16:
         return 0.5 * x * (1.0 + mx.tanh(0.5 * _GELU_K * (x + _GELU_C * x * x * x)))
+    if x.size <= SMALL:  # e.g. one decoded token: the fewest graph nodes win (one fused kernel)
+        return nn.gelu_approx(x)
     return _gelu_fp32(x)[0]
 
 

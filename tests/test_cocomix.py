@@ -59,6 +59,23 @@ def test_causality_and_concept_slot_sees_its_token():
         assert np.abs(out[0, t] - base[0, t]).max() > 1e-4  # slot c_t sees token t
 
 
+def test_compression_of_few_positions_equals_the_dense_product():
+    """Decoding compresses by summing the k kept columns; training multiplies the dense z_k."""
+    from cocomix_mlx.ops import SMALL
+
+    model = cocomix_model(k=5, C=48)
+    rows = SMALL // 5 + 1  # enough positions for the dense branch
+    z = mx.random.normal((1, rows, 48), key=mx.random.key(1))
+    mu, std = mx.zeros((1, rows, 1)), mx.ones((1, rows, 1))
+    dense = model.compress(*model.select_concepts(z), mu, std)
+    few = model.compress(*model.select_concepts(z[:, :3]), mu[:, :3], std[:, :3])
+    idx, vals = model.select_concepts(z[:, :3])
+    z_k = mx.put_along_axis(mx.zeros((1, 3, 48)), idx, vals, -1)
+    textbook = model.compress_layer(z_k) + model.pre_bias
+    assert mx.abs(few - dense[:, :3]).max().item() < 1e-5
+    assert mx.abs(few - textbook).max().item() < 1e-5
+
+
 def test_cached_decoding_equals_full_forward():
     for insert in (0, 2):
         model = cocomix_model(insert=insert)

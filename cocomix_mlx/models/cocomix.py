@@ -23,7 +23,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import KVCache
 
-from ..ops import keep_topk, standardize, topk_indices
+from ..ops import SMALL, standardize, topk_indices
 from . import gpt2
 
 MIXINGS = ("interleave", "add", "none")
@@ -103,16 +103,18 @@ class Model(nn.Module):
         x, mu, std = standardize(h)
         return self.concept_predictor(x - self.pre_bias), mu, std
 
-    def select_concepts(self, z: mx.array, positions: Optional[mx.array] = None) -> mx.array:
-        """Step 2: keep the top-k raw concept logits, zero the rest.
+    def select_concepts(self, z: mx.array,
+                        positions: Optional[mx.array] = None) -> tuple[mx.array, mx.array]:
+        """Step 2: the top-k raw concept logits, as ``(index, values)`` (..., k); the rest are 0.
 
         With :attr:`steering` set (``Steering``), the chosen concepts' logits are multiplied by
         their factors at the steered positions, and a boosted concept (factor > 0) is forced
-        into the top-k there.
+        into the top-k there. The gradient reaches exactly the kept entries.
         """
         k = self.args.concept_num
         if self.steering is None:
-            return keep_topk(z, k)
+            idx = topk_indices(z, k)
+            return idx, mx.take_along_axis(z, idx, -1)
         st = self.steering
         C = z.shape[-1]
         scale = mx.ones((C,), z.dtype).at[st.index].multiply(st.alpha.astype(z.dtype))
@@ -123,11 +125,24 @@ class Model(nn.Module):
         active = ((positions >= st.start) & (positions < st.end))[:, None]
         z = mx.where(active, z * scale, z)
         idx = topk_indices(mx.where(active, z + force, z), k)
-        return mx.put_along_axis(mx.zeros_like(z), idx, mx.take_along_axis(z, idx, -1), -1)
+        return idx, mx.take_along_axis(z, idx, -1)
 
-    def compress(self, z_k: mx.array, mu: mx.array, std: mx.array) -> mx.array:
-        """Step 3: the continuous concept, de-standardized into the residual's scale."""
-        return (self.compress_layer(z_k) + self.pre_bias) * std + mu
+    def compress(self, index: mx.array, values: mx.array, mu: mx.array,
+                 std: mx.array) -> mx.array:
+        """Step 3: the continuous concept of the kept logits ``z_k`` (``values`` at ``index``,
+        zero elsewhere), de-standardized into the residual's scale.
+
+        ``compress_layer(z_k)``; for a few positions (decoding) as the sum of the k kept columns
+        of its weight, which reads k of its C columns instead of all of them (same sum).
+        """
+        layer = self.compress_layer
+        if index.size <= SMALL and not isinstance(layer, nn.QuantizedLinear):
+            columns = layer.weight.T[index]  # (..., k, d)
+            c = (values[..., None, :] @ columns)[..., 0, :] + layer.bias
+        else:
+            zeros = mx.zeros((*values.shape[:-1], self.args.concept_dim), values.dtype)
+            c = layer(mx.put_along_axis(zeros, index, values, -1))
+        return (c + self.pre_bias) * std + mu
 
     # ---- forward ------------------------------------------------------------------------------
     def _token_offset(self, cache) -> int:
@@ -146,7 +161,7 @@ class Model(nn.Module):
         else:
             z, mu, std = self.predict_concepts(h)
             positions = mx.arange(offset, offset + inputs.shape[1])
-            c = self.compress(self.select_concepts(z, positions), mu, std)
+            c = self.compress(*self.select_concepts(z, positions), mu, std)
         if self.interleaves:
             h = interleave(h, c)
         elif a.mixing == "add":
