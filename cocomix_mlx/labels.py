@@ -183,6 +183,10 @@ def inspect(store: LabelStore, data_dir: str | Path, split: str = "train", at: i
     their dictionary names when ``names`` is given)."""
     from .tokenizer import load_tokenizer
 
+    if split not in SPLITS:
+        raise ConfigError(f"--split must be train or val, not {split!r}")
+    if count < 1:
+        raise ConfigError(f"--tokens must be at least 1, not {count}")
     store.check(data_dir)
     tokens = TokenDataset(data_dir, split).tokens
     labels, flags = store.split(split)

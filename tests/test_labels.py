@@ -280,9 +280,16 @@ def test_bad_inputs_are_one_line_errors(root, tmp_path):
         (["pretrain", "--labels", root / "store_train", "--data", root / "data", "--mode", "kd",
           *small], "--mode cocomix"),
         (["pretrain", "--labels", root / "data", "--data", root / "data", *small], "label store"),
+        (["labels", "inspect", root / "store_train", "--data", root / "data", "--tokens", "0"],
+         "--tokens"),
+        (["labels", "inspect", root / "store_train", "--data", root / "data", "--split", "test"],
+         "--split"),
+        (["labels", "inspect", root / "store_train", "--data", root / "data", "--at", "-1"],
+         "--at"),
     ]
     for i, (args, needle) in enumerate(cases):
-        r = cocomix(*args, "--out", tmp_path / f"bad{i}")
+        out = [] if args[0] == "labels" and args[1] == "inspect" else ["--out", tmp_path / f"bad{i}"]
+        r = cocomix(*args, *out)
         lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
         assert r.returncode == 2 and len(lines) == 1 and needle in r.stderr, (args, r.stderr)
         assert not (tmp_path / f"bad{i}").exists()
