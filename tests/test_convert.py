@@ -15,10 +15,10 @@ from cocomix_mlx.convert import convert_cocomix, convert_gpt2, export_cocomix, e
 from cocomix_mlx.convert_sae import convert_sae  # noqa: E402
 from cocomix_mlx.errors import CheckpointError, ConfigError  # noqa: E402
 
-from conftest import CORPUS, cocomix  # noqa: E402
+from conftest import cocomix, gpt2_bpe_dir  # noqa: E402
 from test_sae import np_sae  # noqa: E402
 
-GPT2 = CORPUS.parent / "tokenizers" / "gpt2"
+GPT2 = gpt2_bpe_dir()
 
 
 def tiny_hf(seed=0):

@@ -10,12 +10,12 @@ from cocomix_mlx.data import TokenDataset, prepare
 from cocomix_mlx.errors import DataError
 from cocomix_mlx.tokenizer import EOS, build_tokenizer, load_tokenizer, train_tokenizer
 
-from conftest import CORPUS, cocomix, corpus_text
+from conftest import cocomix, english_text, gpt2_bpe_dir
 
 
 @pytest.fixture(scope="module")
 def docs():
-    return [corpus_text("austen.txt.gz", 120_000), corpus_text("kjv.txt.gz", 60_000),
+    return [english_text(120_000), english_text(60_000, skip_chars=120_000),
             "Ünïcödé — “quotes” and emoji 🐳 with\ttabs  and  double spaces\n"]
 
 
@@ -42,9 +42,7 @@ def test_trained_tokenizer_round_trips_and_loads_in_hf_and_mlx_lm(tok_dir, docs)
 
 
 def test_gpt2_bpe_files_give_gpt2_ids(tmp_path):
-    src = CORPUS.parent / "tokenizers" / "gpt2"
-    if not src.exists():
-        pytest.skip("GPT-2 BPE files not available")
+    src = gpt2_bpe_dir()
     info = build_tokenizer([str(src)], 0, tmp_path / "tok")
     tok = load_tokenizer(tmp_path / "tok")
     assert info["vocab_size"] == 50257 and tok.eos_token_id == 50256

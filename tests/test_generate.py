@@ -201,9 +201,9 @@ def test_generated_text_continues_the_prompt_with_gpt2_bpe(tmp_path):
 
     from cocomix_mlx.generate import generate
     from cocomix_mlx.tokenizer import tokenizer_from_gpt2_files
-    from conftest import CORPUS
+    from conftest import gpt2_bpe_dir
 
-    gpt2 = CORPUS.parent / "tokenizers" / "gpt2"
+    gpt2 = gpt2_bpe_dir()
     tok_dir = tokenizer_from_gpt2_files(gpt2 / "encoder.json", gpt2 / "vocab.bpe", tmp_path / "tok")
     cfg = ModelConfig(vocab_size=len(load_tokenizer(tok_dir)), n_positions=64, n_embd=32,
                       n_layer=2, n_head=4)

@@ -129,11 +129,10 @@ def test_store_equals_on_the_fly_labels(root, kind):
                 assert np.array_equal(np.array(valid[r]).astype(np.uint8) + 1, flags[sl])
 
 
-def test_training_from_the_store_has_the_on_the_fly_losses(root, tmp_path):
+def test_training_from_the_store_has_the_on_the_fly_losses(root, store_train, tmp_path):
     from test_cocomix import cocomix_config
     from test_train import make_trainer
 
-    build(root, "store_train") if not (root / "store_train").exists() else None
     rows = {}
     for name in ("fly", "store"):
         cfg = cocomix_config(3, root / "teacher", root / "sae", batch_order="windows",
@@ -186,15 +185,27 @@ def direct_rule(student, teacher, doc_ids):
     return t_ids, out
 
 
-def test_cross_tokenizer_labels_follow_the_rule(root):
+@pytest.fixture(scope="module")
+def cross(root):
+    """A teacher on a byte-level BPE of its own (``bteacher``), the same documents prepared with
+    its tokenizer (``tdata``), and the student data's store from that teacher."""
+    ttok = byte_level_tokenizer(root / "ttok", (root / "all.txt").read_text(encoding="utf-8"))
+    make_teacher(root / "bteacher", ttok, vocab=500, seed=5)
+    prepare([str(root / "docs.jsonl")], str(ttok), str(root / "tdata"), val_fraction=0.05)
+    return build(root, "cross", teacher="bteacher", window=T, stride=T // 2)
+
+
+@pytest.fixture(scope="module")
+def store_train(root):
+    return build(root, "store_train")
+
+
+def test_cross_tokenizer_labels_follow_the_rule(root, cross):
     assert np.array_equal(last_ending_at_or_before(np.array([3, 5, 9, 10, 12]),
                                                    np.array([2, 5, 7, 12])), [0, 1, 2, 2, 3])
     assert np.array_equal(last_ending_at_or_before(np.array([1, 4]), np.array([2, 4])), [-1, 1])
 
-    ttok = byte_level_tokenizer(root / "ttok", (root / "all.txt").read_text(encoding="utf-8"))
-    make_teacher(root / "bteacher", ttok, vocab=500, seed=5)
-    prepare([str(root / "docs.jsonl")], str(ttok), str(root / "tdata"), val_fraction=0.05)
-    cross = build(root, "cross", teacher="bteacher", window=T, stride=T // 2)
+    ttok = root / "ttok"
     own = build(root, "own", teacher="bteacher", data="tdata", window=T, stride=T // 2)
     assert cross.meta["aligned"] is True and own.meta["aligned"] is False
     student, teacher = load_tokenizer(root / "tok"), load_tokenizer(ttok)
@@ -260,10 +271,9 @@ def test_killed_build_resumes_to_identical_bytes(root, tmp_path):
     assert all(len(x["labels"]) == 4 for x in rows)
 
 
-def test_bad_inputs_are_one_line_errors(root, tmp_path):
+def test_bad_inputs_are_one_line_errors(root, store_train, tmp_path):
     make_sae(tmp_path / "narrow", d=16, latents=64, k=8)
     prepare([str(root / "all.txt")], str(root / "tok"), str(tmp_path / "other"), val_fraction=0.1)
-    build(root, "store_train") if not (root / "store_train").exists() else None
     base = ["labels", "build", "--teacher", root / "teacher", "--data", root / "data"]
     small = ["--steps", "1", "--n-embd", "32", "--n-layer", "2", "--n-head", "4", "--seq-len",
              "32", "--batch-size", "4", "--insert-layer", "1", "--concept-num", "8"]
@@ -299,11 +309,9 @@ def test_bad_inputs_are_one_line_errors(root, tmp_path):
     assert json.loads((tmp_path / "ok" / "config.json").read_text())["cocomix"]["concept_dim"] == 128
 
 
-def test_interrupted_cross_tokenizer_build_resumes_to_identical_bytes(root, tmp_path):
+def test_interrupted_cross_tokenizer_build_resumes_to_identical_bytes(root, cross, tmp_path):
     """Interrupted in the validation split, after the training split was aligned, labelled and
     gathered (its teacher files gone), the resumed build equals an uninterrupted one."""
-    if not (root / "cross").exists():
-        pytest.skip("needs the cross-tokenizer store of the test above")
     train_tokens = len(TokenDataset(root / "data", "train"))
 
     def stop(done, total):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import corpus_text
+from conftest import english_text
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -24,7 +24,7 @@ def test_readme_has_runnable_blocks():
 
 @pytest.mark.parametrize("index", range(len(runnable_blocks())))
 def test_readme_block_runs(index, tmp_path):
-    (tmp_path / "my_text.txt").write_text(corpus_text("mobydick.txt.gz", 300_000))
+    (tmp_path / "my_text.txt").write_text(english_text(300_000))
     (tmp_path / "weights").symlink_to(ROOT / "weights")
     bindir = Path(sys.executable).parent
     script = "set -euo pipefail\n" + runnable_blocks()[index]
