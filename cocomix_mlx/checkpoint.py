@@ -9,6 +9,7 @@ leaves either the previous checkpoint or the new one, never a mixture.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -73,7 +74,10 @@ def swap_in(src: Path, path: Path) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    """Write ``data`` as JSON, atomically (a temporary sibling renamed over ``path``)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> Any:

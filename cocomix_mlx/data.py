@@ -24,6 +24,7 @@ from .errors import DataError
 BLOCK = 1 << 20
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst", ".gz", ".jsonl")
 Progress = Callable[[int, "int | None"], None]
+BATCH_ORDERS = ("random", "windows")
 
 
 @dataclass
@@ -260,8 +261,8 @@ class TokenDataset:
         if order == "random":
             rng = np.random.default_rng([seed, step])
             return rng.integers(0, len(self) - seq_len, size=batch_size)
-        if order != "windows":
-            raise DataError(f"batch order must be random or windows, not {order!r}")
+        if order not in BATCH_ORDERS:
+            raise DataError(f"batch order must be one of {', '.join(BATCH_ORDERS)}, not {order!r}")
         count = (len(self) - 1) // seq_len
         index = np.arange(step * batch_size, (step + 1) * batch_size)
         starts = np.empty(batch_size, dtype=np.int64)

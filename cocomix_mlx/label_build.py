@@ -19,16 +19,14 @@ from typing import Optional
 
 import numpy as np
 
+from .checkpoint import swap_in, write_json
 from .data import TokenDataset, load_meta
 from .errors import ConfigError, DataError
 from .labels import (DEFAULT_MAX_WINDOW, FORMAT, KINDS, SPLITS, BuildConfig, Progress,
                      data_identity, sae_identity, teacher_identity, window_count, window_span)
 
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+SAVE_SECONDS = float(os.environ.get("COCOMIX_LABELS_SAVE_SECONDS", "5"))  # progress records
+BLOCK = 1 << 22  # positions per pass over a whole memory-mapped array
 
 
 def _arrays(path: Path, n: int, k: int, dtype, fresh: bool):
@@ -43,8 +41,6 @@ def _arrays(path: Path, n: int, k: int, dtype, fresh: bool):
                 np.lib.format.open_memmap(f"{path}.flags.npy", "w+", np.uint8, (n,)))
     return (np.load(f"{path}.labels.npy", mmap_mode="r+"),
             np.load(f"{path}.flags.npy", mmap_mode="r+"))
-
-SAVE_SECONDS = float(os.environ.get("COCOMIX_LABELS_SAVE_SECONDS", "5"))  # progress records
 
 
 class _Builder:
@@ -152,8 +148,6 @@ def build(teacher: str | Path, sae: str | Path, data: str | Path, out: str | Pat
     The store is written in ``.NAME.partial`` beside ``out`` and moved into place when complete;
     an interrupted build continues there with ``resume`` and gives the same bytes.
     """
-    from .checkpoint import swap_in
-
     out, data, teacher, sae = Path(out), Path(data), Path(teacher), Path(sae)
     partial = out.with_name(f".{out.name}.partial")
     if resume and force:
@@ -182,9 +176,9 @@ def build(teacher: str | Path, sae: str | Path, data: str | Path, out: str | Pat
                               "SAE or data; pass --force to start again")
     else:
         partial.mkdir(parents=True)
-        _write_json(partial / "meta.json", meta)
+        write_json(partial / "meta.json", meta)
         state = {s: {"aligned": -1, "batches": 0, "gathered": False} for s in SPLITS}
-        _write_json(progress_path, state)
+        write_json(progress_path, state)
 
     splits = {s: TokenDataset(data, s).tokens for s in SPLITS}
     total = sum(len(t) for t in splits.values())
@@ -196,7 +190,7 @@ def build(teacher: str | Path, sae: str | Path, data: str | Path, out: str | Pat
             progress(min(done[0], total), total)
 
     def save() -> None:
-        _write_json(progress_path, state)
+        write_json(progress_path, state)
 
     try:
         for name, tokens in splits.items():
@@ -207,12 +201,13 @@ def build(teacher: str | Path, sae: str | Path, data: str | Path, out: str | Pat
 
     for name, tokens in splits.items():
         _, flags = _arrays(partial / name, len(tokens), meta["k_attr"], builder.dtype, False)
-        meta[name] = {"tokens": len(tokens), "labelled": int((np.asarray(flags) == 2).sum()),
-                      "zero": int((np.asarray(flags) == 1).sum()),
+        counts = sum((np.bincount(flags[a:a + BLOCK], minlength=3)
+                      for a in range(0, len(flags), BLOCK)), np.zeros(3, np.int64))
+        meta[name] = {"tokens": len(tokens), "labelled": int(counts[2]), "zero": int(counts[1]),
                       "teacher_tokens": len(tokens) if builder.same else state[name]["aligned"]}
     meta["complete"] = True
     meta["build"] = asdict(builder.cfg)
-    _write_json(partial / "meta.json", meta)
+    write_json(partial / "meta.json", meta)
     progress_path.unlink()
     if force and out.exists():
         swap_in(partial, out)
@@ -254,7 +249,7 @@ def _split(builder: _Builder, partial: Path, name: str, tokens: np.ndarray, st: 
         (partial / f"{name}{suffix}").unlink(missing_ok=True)
 
 
-def _gather(partial: Path, name: str, n: int, k: int, dtype, block: int = 1 << 20) -> None:
+def _gather(partial: Path, name: str, n: int, k: int, dtype, block: int = BLOCK) -> None:
     """Student labels from the teacher positions the alignment picked (flag 0 where none)."""
     labels, flags = _arrays(partial / name, n, k, dtype, fresh=True)
     if n == 0:

@@ -72,8 +72,6 @@ def cocomix_from_store(cc: ConceptConfig) -> Objective:
 
     def labels_of(inputs, targets):
         targets, labels, flags = targets
-        if cc.lam == 0:
-            return targets, None, None
         return targets, labels, (flags >= floor).astype(mx.float32)
 
     return concept_objective(cc, labels_of)

@@ -35,4 +35,5 @@ def smollm2(out: str | Path, dtype: Optional[str] = "float32",
     """Convert the installed SmolLM2-135M-Instruct GGUF to the checkpoint ``out``."""
     from .convert_gguf import convert_gguf
 
-    return {**convert_gguf(smollm2_gguf(), out, dtype, force), "source": str(smollm2_gguf())}
+    src = smollm2_gguf()
+    return {**convert_gguf(src, out, dtype, force), "source": str(src)}

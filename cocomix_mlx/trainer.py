@@ -16,11 +16,11 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from mlx.utils import tree_map, tree_unflatten
 
 from . import checkpoint as ckpt
 from .config import Config, dumps_toml, from_dict
-from .data import TokenDataset, check_vocab, load_meta
+from .data import BATCH_ORDERS, TokenDataset, check_vocab, load_meta
 from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .objectives import Objective
 
@@ -124,8 +124,9 @@ class Trainer:
         self.meta = load_meta(self.data_dir)
         check_vocab(self.meta, cfg.model.vocab_size)
         self.train_data, self.val_data = open_datasets(cfg, self.data_dir)
-        if t.batch_order not in ("random", "windows"):
-            raise ConfigError(f"batch_order must be random or windows, not {t.batch_order!r}")
+        if t.batch_order not in BATCH_ORDERS:
+            raise ConfigError(f"batch_order must be one of {', '.join(BATCH_ORDERS)}, not "
+                              f"{t.batch_order!r}")
         if t.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be float32, bfloat16 or float16, not {t.dtype}")
         if t.dtype != "float32":
