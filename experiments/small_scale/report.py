@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import curve, load_runs as _load_runs, mean_std, paired, write_generated  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-BEGIN, END = "<!-- generated:begin -->", "<!-- generated:end -->"
 LABELS = {
     "ntp": "NTP", "kd": "KD", "pause": "Pause", "cocomix": "CoCoMix",
     "cocomix_activation": "CoCoMix, activation labels", "concept_only": "concept loss only",
@@ -37,26 +41,6 @@ PAIRS = [  # (variant, reference): per-seed differences of validation perplexity
     ("cocomix_activation", "cocomix"), ("cocomix_add", "ntp"), ("cocomix_add", "cocomix"),
     ("ntp_narrow", "ntp"), ("cocomix", "ntp_narrow"), ("concept_only", "ntp_narrow"),
 ]
-
-
-def mean_std(values: list[float], digits: int = 2, sign: str = "") -> str:
-    if len(values) == 1:
-        return f"{values[0]:{sign}.{digits}f}"
-    return f"{statistics.mean(values):{sign}.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
-def paired(runs: dict[str, dict[int, dict]], variant: str, reference: str) -> dict[int, float]:
-    """Per seed present in both: variant's validation perplexity minus the reference's."""
-    a, b = runs.get(variant, {}), runs.get(reference, {})
-    return {s: a[s]["val"]["ppl"] - b[s]["val"]["ppl"] for s in sorted(a.keys() & b.keys())}
-
-
-def load_runs() -> dict[str, dict[int, dict]]:
-    runs: dict[str, dict[int, dict]] = defaultdict(dict)
-    for path in sorted(RESULTS.glob("*-s*.json")):
-        r = json.loads(path.read_text())
-        runs[r["variant"]][r["seed"]] = r
-    return runs
 
 
 def table(runs: dict[str, dict[int, dict]], prefix: str = "") -> str:
@@ -108,13 +92,11 @@ def pair_table(runs: dict[str, dict[int, dict]], prefix: str = "") -> str:
 
 
 def curves(name: str) -> dict[str, list[tuple[int, float]]]:
-    out: dict[str, list[tuple[int, float]]] = {"ntp_loss": [], "val_ntp_loss": []}
-    for line in (RESULTS / "curves" / f"{name}.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        for key in out:
-            if key in row:
-                out[key].append((row["step"], row[key]))
-    return out
+    return curve(RESULTS / "curves" / f"{name}.jsonl", ("ntp_loss", "val_ntp_loss"))
+
+
+def load_runs() -> dict[str, dict[int, dict]]:
+    return _load_runs(RESULTS)
 
 
 def plot(runs: dict[str, dict[int, dict]], path: Path, prefix: str = "") -> None:
@@ -156,13 +138,9 @@ def plot(runs: dict[str, dict[int, dict]], path: Path, prefix: str = "") -> None
 
 def report() -> None:
     runs = load_runs()
-    doc = HERE / "RESULTS.md"
-    text = doc.read_text() if doc.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
     suites = [p for p in SUITES if any(suite_of(v) == p for v in runs)]
     parts = [(f"### {SUITES[p]}\n\n" if len(suites) > 1 else "") + table(runs, p) for p in suites]
-    doc.write_text(f"{head}{BEGIN}\n" + "\n\n".join(parts) + f"\n{END}{tail}")
+    write_generated(HERE / "RESULTS.md", "\n\n".join(parts))
     for p in suites:
         plot(runs, HERE / f"loss_curves{'_' + p.rstrip('_') if p else ''}.png", p)
 

@@ -16,46 +16,33 @@ on deeper students (``configs/deep.toml``: 8 blocks, concept inserted before blo
 
 from __future__ import annotations
 
-import cocomix_mlx  # noqa: F401  (first: BLAS setup)
-
 import argparse
 import json
-import platform
-import shutil
+import sys
 import time
 from pathlib import Path
 
-import mlx.core as mx
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cocomix_mlx as cm
-from cocomix_mlx.config import Config, apply_overrides, from_dict, load_toml
-from cocomix_mlx.data import iter_chunks, load_meta, prepare
-from cocomix_mlx.evaluate import last_word, last_word_items, perplexity
-from cocomix_mlx.models import build_model, num_parameters
-from cocomix_mlx.objectives import build_objective
-from cocomix_mlx.tokenizer import train_tokenizer
+from common import (CORPUS, machine, n_params, read_toml, run_stages, run_trainer,  # noqa: E402
+                    widen, write_result)
+
+import cocomix_mlx as cm  # noqa: E402
+from cocomix_mlx.config import Config, apply_overrides, from_dict, load_toml  # noqa: E402
+from cocomix_mlx.data import iter_chunks, prepare  # noqa: E402
+from cocomix_mlx.evaluate import last_word, last_word_items, perplexity  # noqa: E402
+from cocomix_mlx.models import num_parameters  # noqa: E402
+from cocomix_mlx.tokenizer import train_tokenizer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
 RESULTS = HERE / "results"
-CORPUS = HERE.parents[1].parent / "shared" / "corpus"
 VARIANTS = ["ntp", "cocomix", "kd", "pause", "cocomix_activation", "concept_only", "mixing_only",
             "cocomix_add", "ntp_narrow"]
 DEEP = "deep_"  # prefix: the variant on deeper students (configs/deep.toml applied first)
 DEEP_VARIANTS = [DEEP + v for v in ("ntp", "cocomix", "concept_only", "ntp_narrow")]
 WIDENED = ("ntp", "kd", "pause")  # baselines widened to CoCoMix's parameter count, as in the paper
 LAMBADA_ITEMS = 500
-
-
-def machine() -> str:
-    return (f"{platform.system()} {platform.machine()}, {platform.processor() or 'cpu'}, "
-            f"mlx {mx.__version__} {mx.default_device()}")
-
-
-def read_toml(path: Path) -> dict:
-    import tomllib
-
-    return tomllib.loads(path.read_text())
 
 
 def stage_data(work: Path) -> None:
@@ -66,23 +53,6 @@ def stage_data(work: Path) -> None:
     prepare(files, str(work / "tok"), str(work / "data"), val_fraction=0.01, force=True)
     heldout = "".join(c.text for c in iter_chunks(files, 0.01) if c.val)
     (work / "heldout.txt").write_text(heldout, encoding="utf-8")
-
-
-def run_trainer(cfg: Config, out: Path, data: Path) -> float:
-    """Train (or finish) the run in ``out``; returns its training wall time in seconds."""
-    from cocomix_mlx.checkpoint import recover
-    from cocomix_mlx.trainer import Trainer
-
-    model = build_model(cfg.model, seed=cfg.train.seed, mode=cfg.train.mode, concept=cfg.concept)
-    trainer = Trainer(cfg, model, build_objective(cfg, load_meta(data)), data, out)
-    recover(out)
-    if (out / "trainer_state.json").exists():
-        trainer.resume()
-    elif out.exists():
-        shutil.rmtree(out)
-    if trainer.state.step < cfg.train.steps:
-        trainer.train()
-    return trainer.state.elapsed
 
 
 def stage_teacher(work: Path) -> None:
@@ -117,10 +87,6 @@ def stage_sae(work: Path) -> None:
         (RESULTS / "sae.json").write_text(json.dumps(quality, indent=1, default=float) + "\n")
 
 
-def n_params(cfg: Config) -> int:
-    return num_parameters(build_model(cfg.model, mode=cfg.train.mode, concept=cfg.concept))
-
-
 def student_config(variant: str, seed: int, work: Path) -> Config:
     sae = read_toml(CONFIGS / "sae.toml")
     cfg = from_dict(read_toml(CONFIGS / "base.toml"))
@@ -132,15 +98,7 @@ def student_config(variant: str, seed: int, work: Path) -> Config:
                           "concept.sae_layer": sae["layer"], "teacher": str(work / "teacher"),
                           "sae": str(work / "sae")})
     if kind in WIDENED:  # the width (a multiple of n_head) whose count is nearest CoCoMix's
-        target = n_params(student_config(prefix + "cocomix", seed, work))
-        gaps = {}
-        while True:
-            count = n_params(cfg)
-            gaps[cfg.model.n_embd] = abs(count - target)
-            if count >= target:
-                break
-            cfg.model.n_embd += cfg.model.n_head
-        cfg.model.n_embd = min(gaps, key=gaps.get)
+        widen(cfg, n_params(student_config(prefix + "cocomix", seed, work)))
     return cfg
 
 
@@ -165,11 +123,7 @@ def stage_students(work: Path, seeds: list[int], variants: list[str]) -> None:
                 "lambada": last_word(model, tokenizer, items), "machine": machine(),
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_s": round(time.time() - started, 1),
             }
-            (RESULTS / "curves").mkdir(exist_ok=True)
-            shutil.copy(out / "metrics.jsonl", RESULTS / "curves" / f"{name}.jsonl")
-            tmp = RESULTS / f".{name}.json.tmp"
-            tmp.write_text(json.dumps(result, indent=1) + "\n")
-            tmp.replace(RESULTS / f"{name}.json")
+            write_result(RESULTS, name, result, out)
 
 
 def main() -> None:
@@ -183,22 +137,17 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
-    for stage in args.stages:
-        if stage == "data":
-            stage_data(args.work)
-        elif stage == "teacher":
-            stage_teacher(args.work)
-        elif stage == "sae":
-            stage_sae(args.work)
-        elif stage == "students":
-            stage_students(args.work, args.seeds, args.variants)
-        elif stage == "report":
-            from report import report
+    run_stages(args.stages, {
+        "data": lambda: stage_data(args.work), "teacher": lambda: stage_teacher(args.work),
+        "sae": lambda: stage_sae(args.work),
+        "students": lambda: stage_students(args.work, args.seeds, args.variants),
+        "report": report}, parser.error)
 
-            report()
-        else:
-            parser.error(f"unknown stage {stage}")
 
+def report() -> None:
+    from report import report as write_report
+
+    write_report()
 
 if __name__ == "__main__":
     main()

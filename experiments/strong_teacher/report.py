@@ -1,0 +1,173 @@
+"""Table, paired gaps against training tokens and their fitted trend, from ``results/``.
+
+    python experiments/strong_teacher/report.py
+
+Rewrites the generated part of RESULTS.md (between its markers) and ``gap_curves.png``; the
+discussion around the markers is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import curve, load_runs, mean_std, paired, write_generated  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+LABELS = {
+    "ntp": "NTP (widened)", "cocomix": "CoCoMix, SmolLM2 concepts",
+    "concept_only": "concept loss only, SmolLM2 concepts", "cocomix_own": "CoCoMix, own small teacher",
+}
+COMPARED = ("cocomix", "concept_only", "cocomix_own")  # each against NTP, seed by seed
+FIT_FROM = 0.25  # the trend is fitted on the evaluations after this fraction of training
+
+
+def val_curve(variant: str, seed: int) -> dict[int, float]:
+    """Validation next-token loss at every evaluation: ``{step: nats}``."""
+    return dict(curve(RESULTS / "curves" / f"{variant}-s{seed}.jsonl", ("val_ntp_loss",))
+                ["val_ntp_loss"])
+
+
+def gap_curves(runs, variant: str) -> dict[int, dict[int, float]]:
+    """Per seed: ``{tokens: val loss of variant − val loss of NTP}`` at the shared evaluations."""
+    out = {}
+    for seed in sorted(runs.get(variant, {}).keys() & runs.get("ntp", {}).keys()):
+        a, b = val_curve(variant, seed), val_curve("ntp", seed)
+        per_step = runs[variant][seed]["tokens"] / max(a)
+        out[seed] = {round(s * per_step): a[s] - b[s] for s in sorted(a.keys() & b.keys())}
+    return out
+
+
+def fit_trend(gaps: dict[int, dict[int, float]]) -> dict | None:
+    """Least squares ``gap = a + b · ln(tokens)`` over every seed's evaluations after
+    ``FIT_FROM`` of training; the crossing is where the line reaches 0 (if it heads there)."""
+    points = [(t, g) for per_seed in gaps.values() for t, g in per_seed.items()]
+    if not points:
+        return None
+    last = max(t for t, _ in points)
+    points = [(t, g) for t, g in points if t >= FIT_FROM * last]
+    if len({t for t, _ in points}) < 3:
+        return None
+    x = np.log([t for t, _ in points])
+    y = np.array([g for _, g in points])
+    b, a = np.polyfit(x, y, 1)
+    residual = y - (a + b * x)
+    se_b = math.sqrt(residual @ residual / max(len(x) - 2, 1) / ((x - x.mean()) @ (x - x.mean())))
+    crossing = math.exp(-a / b) if b != 0 and -a / b > x.max() and (a + b * x.max()) * b < 0 \
+        else None
+    return {"a": a, "b": b, "se_b": se_b, "crossing": crossing, "points": len(x)}
+
+
+def fmt_tokens(t: float) -> str:
+    return f"{t / 1e9:.1f}B" if t >= 1e9 else f"{t / 1e6:.1f}M"
+
+
+def table(runs) -> str:
+    lines = ["| model | d | params | tokens | seeds | val ppl | Δ ppl vs NTP (paired) | "
+             "concept recall (val) | last-word acc % | train min |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for variant, label in LABELS.items():
+        if variant not in runs:
+            continue
+        rs = list(runs[variant].values())
+        deltas = list(paired(runs, variant, "ntp").values())
+        recall = [r for r in (last_value(variant, s, "val_concept_recall")
+                              for s in runs[variant]) if r is not None]
+        lines.append(
+            f"| {label} | {rs[0]['n_embd']} | {rs[0]['params'] / 1e6:.2f} M | "
+            f"{rs[0]['tokens'] / 1e6:.2f} M | {len(rs)} | {mean_std([r['val']['ppl'] for r in rs])} | "
+            f"{mean_std(deltas, sign='+') if deltas and variant != 'ntp' else '—'} | "
+            f"{mean_std(recall, 3) if recall else '—'} | "
+            f"{mean_std([100 * r['lambada']['acc'] for r in rs])} | "
+            f"{statistics.mean(r['train_s'] for r in rs) / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def last_value(variant: str, seed: int, key: str) -> float | None:
+    rows = curve(RESULTS / "curves" / f"{variant}-s{seed}.jsonl", (key,))[key]
+    return rows[-1][1] if rows else None
+
+
+def trend_table(runs) -> str:
+    lines = ["| comparison | seeds | gap at the end (nats, mean ± std) | slope per e-fold of tokens "
+             "(± s.e.) | trend reaches 0 at |", "|---|---:|---:|---:|---:|"]
+    for variant in COMPARED:
+        gaps = gap_curves(runs, variant)
+        fit = fit_trend(gaps)
+        if not fit:
+            continue
+        ends = [per_seed[max(per_seed)] for per_seed in gaps.values()]
+        if fit["crossing"]:
+            cross = fmt_tokens(fit["crossing"])
+        else:
+            cross = "already below" if fit["a"] + fit["b"] * math.log(max(
+                max(p) for p in gaps.values())) < 0 else "never (gap not shrinking)"
+        lines.append(f"| {LABELS[variant]} − NTP | {len(gaps)} | {mean_std(ends, 3, '+')} | "
+                     f"{fit['b']:+.4f} ± {fit['se_b']:.4f} | {cross} |")
+    return "\n".join(lines)
+
+
+def stores() -> str:
+    out = []
+    for name, label in (("smol", "SmolLM2-135M"), ("own", "own small teacher")):
+        path = HERE / "work" / f"labels-{name}" / "meta.json"
+        if path.exists():
+            m = json.loads(path.read_text())
+            t = m["train"]
+            out.append(f"- labels, {label}: {t['labelled'] / t['tokens']:.1%} of {t['tokens']:,} "
+                       f"training tokens labelled, {m['sae']['latents']} latents, k_attr {m['k_attr']}, "
+                       f"window {m['window']} / stride {m['stride']}")
+    return "\n".join(out)
+
+
+def plot(runs, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, variant in enumerate(COMPARED):
+        gaps = gap_curves(runs, variant)
+        if not gaps:
+            continue
+        for per_seed in gaps.values():
+            ax.plot([t / 1e6 for t in per_seed], list(per_seed.values()), color=f"C{i}", alpha=0.3)
+        tokens = sorted(set.intersection(*(set(p) for p in gaps.values())))
+        mean = [statistics.mean(p[t] for p in gaps.values()) for t in tokens]
+        ax.plot([t / 1e6 for t in tokens], mean, "o-", color=f"C{i}", label=LABELS[variant])
+        fit = fit_trend(gaps)
+        if fit:
+            xs = np.linspace(FIT_FROM * max(tokens), max(tokens), 50)
+            ax.plot(xs / 1e6, fit["a"] + fit["b"] * np.log(xs), "--", color=f"C{i}")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens (M)")
+    ax.set_ylabel("val loss − NTP's (nats)")
+    ax.set_title("paired gap to NTP (thin: seeds, dots: mean, dashed: fitted trend)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def report() -> None:
+    runs = load_runs(RESULTS)
+    machines = sorted({r["machine"] for v in runs.values() for r in v.values()})
+    body = "\n\n".join(p for p in (table(runs), stores(), "\n".join(f"- machine: {m}" for m in machines),
+                                   trend_table(runs)) if p)
+    write_generated(HERE / "RESULTS.md", body)
+    if any(gap_curves(runs, v) for v in COMPARED):
+        plot(runs, HERE / "gap_curves.png")
+
+
+if __name__ == "__main__":
+    report()

