@@ -42,13 +42,13 @@ def cut_data(src: Path, dst: Path, tokens: int) -> None:
 
 
 def random_sae(teacher: Path, spec: str, out: Path) -> Path:
-    from cocomix_mlx.concepts import teacher_width
     from cocomix_mlx.checkpoint import load_model
+    from cocomix_mlx.models.backbone import backbone
     from cocomix_mlx.models.sae import SAEConfig, TopKSAE, save_sae
 
     layer, latents = (int(x) for x in spec.split(":"))
     model, _ = load_model(teacher, lazy=True)
-    d = teacher_width(model)
+    d = backbone(model).width
     sae = TopKSAE(SAEConfig(d=d, latents=latents, k=32, layer=layer))
     sae.encoder.weight = sae.decoder.weight.T
     out.mkdir(parents=True)

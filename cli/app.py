@@ -12,15 +12,15 @@ from rich.table import Table
 
 from cocomix_mlx.errors import CocomixError
 
-from . import (convert_cmds, data_cmds, generate_cmds, labels_cmds, quickstart, sae_cmds,
-               train_cmds)
+from . import (convert_cmds, data_cmds, eval_cmds, generate_cmds, labels_cmds, quickstart,
+               sae_cmds, train_cmds)
 from .common import console, err_console
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="CoCoMix in MLX: pretrain with continuous concepts, convert, generate.")
 app.add_typer(data_cmds.tokenizer_app, name="tokenizer")
 app.add_typer(data_cmds.data_app, name="data")
-app.add_typer(data_cmds.eval_app, name="eval")
+app.add_typer(eval_cmds.eval_app, name="eval")
 app.add_typer(sae_cmds.sae_app, name="sae")
 app.add_typer(labels_cmds.labels_app, name="labels")
 app.add_typer(convert_cmds.convert_app, name="convert")
@@ -53,8 +53,9 @@ def plot(runs: list[Path] = typer.Argument(..., help="Run directories (with metr
     from cocomix_mlx.plot import plot_runs
 
     console.print(f"wrote {plot_runs(runs, out, smooth)}")
-app.command("pretrain", context_settings={"allow_extra_args": True,
-                                          "ignore_unknown_options": True})(train_cmds.pretrain)
+app.command("pretrain", epilog=train_cmds.config_keys_help(),
+            context_settings={"allow_extra_args": True,
+                              "ignore_unknown_options": True})(train_cmds.pretrain)
 
 
 @app.command()
@@ -97,13 +98,21 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted; the last checkpoint is kept")
         sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
+    except typer.TyperException as e:  # usage errors (typer's own copy of click raises them)
+        sys.exit(usage_error(e))
 
-        if isinstance(e, click.ClickException):
-            e.show(file=sys.stderr)
-            sys.exit(2)
-        raise
+
+def usage_error(e: "typer.TyperException") -> int:
+    """A usage error as one line naming the help to read; returns the exit status. A bare
+    command group (``cocomix``, ``cocomix sae``) has had its help printed by typer already."""
+    message = " ".join(e.format_message().split()).rstrip(".")
+    if not message:
+        return 0
+    ctx = getattr(e, "ctx", None)
+    where = ctx.command_path if ctx is not None else "cocomix"
+    err_console.print(f"[bold red]error:[/] {message}; see `{where} --help`", highlight=False,
+                      soft_wrap=True)
+    return 2
 
 
 if __name__ == "__main__":

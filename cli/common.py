@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from contextlib import contextmanager
 
@@ -57,12 +58,18 @@ def step_progress(total: int, start: int = 0,
     return bar, task
 
 
+def print_result(result: dict, as_json: bool, line: str) -> None:
+    """A command's result: its JSON, or one readable ``line``."""
+    if as_json:
+        console.print_json(json.dumps(result))
+    else:
+        console.print(line)
+
+
 def print_token_rows(rows: list[dict], as_json: bool, title: str, header: str, cells) -> None:
     """Per-token rows (``position``, ``token``, ...) as JSON or as a table whose third column
     is ``cells(row)``."""
     if as_json:
-        import json
-
         console.print_json(json.dumps(rows))
         return
     from rich.table import Table

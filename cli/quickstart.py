@@ -68,14 +68,14 @@ def quickstart(
     from cocomix_mlx.data import prepare
     from cocomix_mlx.embedded import write_python_docs
     from cocomix_mlx.evaluate import perplexity
-    from cocomix_mlx.objectives import build_objective
-    from cocomix_mlx.trainer import Trainer
+    from cocomix_mlx.files import refuse_existing
+    from cocomix_mlx.models import config_from_hf
+    from cocomix_mlx.runs import make_run
 
     from .train_cmds import run_training
 
     shipped = weights_dir(weights)
-    if out.exists() and any(out.iterdir()) and not force:
-        fail(f"{out} already exists; pass --force to start over or choose another --out")
+    refuse_existing(out, force, empty_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     text = write_python_docs(out / "python_docs.txt")
     with byte_progress("tokenizing") as progress:
@@ -88,22 +88,16 @@ def quickstart(
     for name, mode in (("cocomix", "cocomix"), ("ntp", "ntp")):
         model, config = load_model(shipped / name)
         model.set_dtype(mx.float32)
-        cfg = cfgmod.preset("cocomix-tiny" if mode == "cocomix" else "tiny")
-        overrides = {k: config[k] for k in ("vocab_size", "n_positions", "n_embd", "n_layer",
-                                            "n_head")}
-        overrides.update({"mode": mode, "seq_len": config["n_positions"], "batch_size": 16,
-                          "steps": steps, "lr": 5e-4, "warmup_steps": max(1, steps // 10),
-                          "eval_every": steps, "save_every": steps, "eval_batches": 10})
+        cfg = config_from_hf(config)
+        overrides = {"seq_len": config["n_positions"], "batch_size": 16, "steps": steps,
+                     "lr": 5e-4, "warmup_steps": max(1, steps // 10), "eval_every": steps,
+                     "save_every": steps, "eval_batches": 10}
         if mode == "cocomix":
-            block = config["cocomix"]
-            overrides.update({"concept.concept_dim": block["concept_dim"],
-                              "concept.concept_num": block["concept_num"],
-                              "concept.insert_layer": block["insert_layer"],
-                              "teacher": str(shipped / "teacher"), "sae": str(shipped / "sae"),
+            overrides.update({"teacher": str(shipped / "teacher"), "sae": str(shipped / "sae"),
                               "sae_layer": sae_layer})
         cfgmod.apply_overrides(cfg, overrides)
         console.rule(f"{name}: {steps} steps of continued pretraining")
-        trainer = Trainer(cfg, model, build_objective(cfg, meta), out / "data", out / name)
+        trainer = make_run(cfg, out / "data", out / name, force=True, model=model)
         run_training(trainer)
         results[name] = perplexity(str(out / name), str(out / "data"), seq_len=cfg.train.seq_len,
                                    max_batches=20)

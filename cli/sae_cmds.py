@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .common import console, fail, step_progress, warn_if_slow_blas
+from .common import console, fail, print_result, step_progress, warn_if_slow_blas
 
 sae_app = typer.Typer(no_args_is_help=True, help="Train, evaluate and describe TopK SAEs.")
 
@@ -40,17 +38,15 @@ def sae_train(
     """Train a TopK SAE on a teacher's residual stream (Gao et al. 2024 recipe)."""
     warn_if_slow_blas()
     from cocomix_mlx.checkpoint import load_model
+    from cocomix_mlx.rundir import RunDirectory
     from cocomix_mlx.sae_trainer import SAETrainConfig, SAETrainer, sae_config_from_checkpoint
 
+    RunDirectory.check(out, resume, force)
     if resume:
-        if not out.exists():
-            fail(f"nothing to resume in {out}; drop --resume to start a new run")
         cfg = sae_config_from_checkpoint(out)
         if tokens is not None:  # extend (or shorten) the run; the dead-latent window stays
             cfg.dead_tokens, cfg.tokens = cfg.dead_window(), tokens
     else:
-        if out.exists() and any(out.iterdir()) and not force:
-            fail(f"{out} already exists; pass --resume to continue it or --force to replace it")
         if layer is None:
             fail("give --layer: the teacher block whose output the SAE reads")
         cfg = SAETrainConfig(layer=layer, latents=latents, k=k, tokens=SAETrainConfig.tokens if tokens is None else tokens,
@@ -65,8 +61,8 @@ def sae_train(
         if trainer.step > cfg.steps:
             fail(f"{out} is already at step {trainer.step}; --tokens {cfg.tokens} ends the run at "
                  f"step {cfg.steps}: give more tokens")
-    elif out.exists():
-        shutil.rmtree(out)
+    else:
+        trainer.run_dir.clear()
     console.print(f"SAE d={trainer.sae.cfg.d} C={cfg.latents} k={cfg.k} on layer {cfg.layer}; "
                   f"{cfg.steps} steps of {cfg.batch_tokens} activations")
     bar, task = step_progress(cfg.steps, trainer.step, fields=("fvu", "l0", "dead"))
@@ -106,13 +102,10 @@ def sae_eval(
 
     model, _, net, layer = _load(sae, teacher, layer)
     r = evaluate_sae(model, net, layer, data, batches=batches)
-    if as_json:
-        console.print_json(json.dumps(r))
-        return
-    console.print(f"FVU {r['fvu']:.4f} (standardized input {r['fvu_normalized']:.4f})  "
-                  f"L0 {r['l0']:.1f}  dead {r['dead_fraction']:.1%}  "
-                  f"delta loss {r['delta_loss']:+.4f} nats ({r['clean_loss']:.4f} → "
-                  f"{r['spliced_loss']:.4f}; {r['tokens']:,} tokens)")
+    print_result(r, as_json, f"FVU {r['fvu']:.4f} (standardized input {r['fvu_normalized']:.4f})"
+                             f"  L0 {r['l0']:.1f}  dead {r['dead_fraction']:.1%}  delta loss "
+                             f"{r['delta_loss']:+.4f} nats ({r['clean_loss']:.4f} → "
+                             f"{r['spliced_loss']:.4f}; {r['tokens']:,} tokens)")
 
 
 @sae_app.command("describe")
@@ -124,16 +117,13 @@ def sae_describe(
     force: bool = typer.Option(False, "--force"),
 ):
     """The concept dictionary: frequency, top contexts, promoted tokens and a label per latent."""
-    from cocomix_mlx.checkpoint import write_json
+    from cocomix_mlx.files import refuse_existing, write_json
     from cocomix_mlx.sae_analysis import describe
 
-    if out.exists() and not force:
-        fail(f"{out} already exists; pass --force to replace it")
+    refuse_existing(out, force)
     model, tokenizer, net, layer = _load(sae, teacher, layer)
     result = describe(model, tokenizer, net, layer, data, batches=batches)
-    tmp = out.with_name(f".{out.name}.tmp")
-    write_json(tmp, result)
-    tmp.replace(out)
+    write_json(out, result)
     alive = [x for x in result["latents"] if x["label"] != "dead"]
     console.print(f"{len(alive)} of {len(result['latents'])} latents fired on "
                   f"{result['tokens']:,} tokens; dictionary in {out}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -32,73 +31,52 @@ def pretrain(
     """Pretrain a model. Any config key can be overridden: --lr 3e-4 --model.n_layer 4 ..."""
     warn_if_slow_blas()
     from cocomix_mlx import config as cfgmod
-    from cocomix_mlx.models import build_model, num_parameters
-    from cocomix_mlx.objectives import build_objective
     from cocomix_mlx.data import load_meta
-    from cocomix_mlx.trainer import Trainer, config_from_checkpoint
+    from cocomix_mlx.models import num_parameters
+    from cocomix_mlx.runs import follow_sources, make_run, resumed_config
 
-    if resume and force:
-        fail("--resume and --force exclude each other")
     if labels is not None and mode not in (None, "cocomix"):
         fail("--labels is for --mode cocomix")
-    if labels is not None and not resume:
-        mode = "cocomix"
     if resume:
-        if not out.exists():
-            fail(f"nothing to resume in {out}; drop --resume to start a new run")
-        cfg = config_from_checkpoint(out)
+        cfg = resumed_config(out)
     elif preset and config:
         fail("give either --preset or --config, not both")
     elif config:
         cfg = cfgmod.load_toml(config)
     else:
-        default = "cocomix-tiny" if mode in ("cocomix", "pause") else "tiny"
+        default = "cocomix-tiny" if mode in ("cocomix", "pause") or labels else "tiny"
         cfg = cfgmod.preset(preset or default)
-    if not resume and out.exists() and any(out.iterdir()):
-        if not force:
-            fail(f"{out} already exists; pass --resume to continue it or --force to replace it")
-    cfgmod.apply_overrides(cfg, list(ctx.args))
+    explicit = cfgmod.apply_overrides(cfg, list(ctx.args))
+    if config is not None:
+        explicit.add("model.vocab_size")
+    if labels is not None and not resume:
+        mode, cfg.concept.label_store = "cocomix", str(labels)
     if mode:
         cfg.train.mode = mode
     for key, value in (("teacher", teacher), ("sae", sae), ("sae_layer", sae_layer)):
         if value is not None:
             setattr(cfg.concept, key, str(value) if isinstance(value, Path) else value)
-    meta = load_meta(data)
-    if cfg.concept.sae and not resume:
-        from cocomix_mlx.models.sae import load_sae
-
-        sae_cfg = load_sae(cfg.concept.sae).cfg  # defaults follow the SAE
-        if not any("concept_dim" in a for a in ctx.args):
-            cfg.concept.concept_dim = sae_cfg.latents
-        if sae_layer is None and sae_cfg.layer is not None and \
-                not any("sae_layer" in a.replace("-", "_") for a in ctx.args):
-            cfg.concept.sae_layer = sae_cfg.layer
-    if labels is not None and not resume:
-        from cocomix_mlx.labels import LabelStore
-
-        store = LabelStore(labels)  # defaults follow the store
-        cfg.concept.label_store = str(labels)
-        if not any("concept_dim" in a for a in ctx.args):
-            cfg.concept.concept_dim = store.latents
-        if not any("k_attr" in a.replace("-", "_") for a in ctx.args):
-            cfg.concept.k_attr = store.k_attr
-    explicit_vocab = config is not None or any("vocab" in a for a in ctx.args)
-    if not resume and not explicit_vocab:
-        cfg.model.vocab_size = meta["vocab_size"]
-    objective = build_objective(cfg, meta)
-    model = build_model(cfg.model, seed=cfg.train.seed, mode=cfg.train.mode, concept=cfg.concept)
-    trainer = Trainer(cfg, model, objective, data, out)
-    if resume:
-        trainer.resume()
-    elif out.exists() and force:
-        shutil.rmtree(out)
+            explicit.add(f"concept.{key}")
+    if not resume:
+        follow_sources(cfg, load_meta(data), explicit)
+    trainer = make_run(cfg, data, out, resume=resume, force=force)
     if trainer.rank == 0:
-        n_params = num_parameters(model)
+        n_params = num_parameters(trainer.model)
         console.print(f"[bold]{cfg.train.mode}[/] model: {n_params / 1e6:.2f}M parameters, "
                       f"d={cfg.model.n_embd} L={cfg.model.n_layer} H={cfg.model.n_head} "
                       f"V={cfg.model.vocab_size}; {cfg.train.steps} steps of "
                       f"{cfg.train.batch_size * cfg.train.grad_accum}x{cfg.train.seq_len} tokens")
     run_training(trainer)
+
+
+def config_keys_help() -> str:
+    """The epilog of ``pretrain --help``: every config key, its default and its meaning."""
+    from cocomix_mlx.config import describe_keys
+
+    lines = ["Config keys (--KEY VALUE; a bare key works when unambiguous; a TOML --config has "
+             "[model], [train] and [concept] tables):"]
+    lines += [f"--{key} [{default}]  {meaning}" for key, default, meaning in describe_keys()]
+    return "\n".join(lines)
 
 
 def run_training(trainer) -> dict:

@@ -3,7 +3,8 @@
 from . import backend  # noqa: F401  (must run before anything imports mlx)
 from . import concepts  # noqa: E402
 from . import labels  # noqa: E402
-from .generate import generate  # noqa: E402  (the function; the module stays cocomix_mlx.generate)
+from .generate import generate, steered  # noqa: E402  (functions; cocomix_mlx.generate stays the module)
+from .models.backbone import backbone  # noqa: E402
 from .errors import CocomixError
 
 __version__ = "0.1.0"
@@ -23,4 +24,5 @@ def load_sae(path):
     return _load_sae(path)
 
 
-__all__ = ["CocomixError", "concepts", "generate", "labels", "load", "load_sae", "__version__"]
+__all__ = ["CocomixError", "backbone", "concepts", "generate", "labels", "load", "load_sae", "steered",
+           "__version__"]

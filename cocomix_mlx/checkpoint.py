@@ -8,85 +8,17 @@ leaves either the previous checkpoint or the new one, never a mixture.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
 
 from .errors import CheckpointError
+from .files import read_json, recover, save_weights, write_json
 from .models import hf_config, model_classes
+from .tokenizer import TOKENIZER_FILES
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
-
-
-def _old_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.old")
-
-
-def recover(path: str | Path) -> Path:
-    """If a crash happened between the two renames of a save, put the old checkpoint back."""
-    path = Path(path)
-    old = _old_path(path)
-    if not path.exists() and old.exists():
-        old.rename(path)
-    elif path.exists() and old.exists():
-        shutil.rmtree(old, ignore_errors=True)
-    return path
-
-
-def atomic_directory(path: str | Path, write, overwrite: bool = True) -> Path:
-    """Call ``write(tmp_dir)`` and move the result to ``path`` in one swap.
-
-    A failure inside ``write`` removes the temporary directory and leaves ``path`` untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not overwrite:
-        raise CheckpointError(f"{path} already exists; choose another output or pass --force")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        write(tmp)
-        swap_in(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
-def swap_in(src: Path, path: Path) -> None:
-    """Move the finished directory ``src`` to ``path``, replacing what is there with two renames
-    (:func:`recover` restores the old one if a crash falls between them)."""
-    recover(path)
-    if path.exists():
-        old = _old_path(path)
-        path.rename(old)
-        src.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        src.rename(path)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON, atomically (a temporary sibling renamed over ``path``)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"missing {path}; is this a cocomix checkpoint directory?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"corrupt {path}: {e}") from None
 
 
 def copy_tokenizer(src: str | Path, dst: Path) -> None:
@@ -96,19 +28,6 @@ def copy_tokenizer(src: str | Path, dst: Path) -> None:
         raise CheckpointError(f"no tokenizer files in {src}")
     for name in found:
         shutil.copy2(src / name, dst / name)
-
-
-def save_weights(path: Path, tree: Any) -> None:
-    mx.save_safetensors(str(path), dict(tree_flatten(tree)), metadata={"format": "mlx"})
-
-
-def load_weights(path: Path) -> dict[str, mx.array]:
-    try:
-        return mx.load(str(path))
-    except FileNotFoundError:
-        raise CheckpointError(f"missing {path}") from None
-    except (RuntimeError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path} ({e}); the file is corrupt or truncated") from None
 
 
 def write_model_files(directory: Path, model: nn.Module, tokenizer_dir: str | Path | None,
@@ -146,19 +65,12 @@ def load(path: str | Path, lazy: bool = False):
     """``(model, tokenizer)`` of a checkpoint directory; the tokenizer is mlx-lm's wrapper."""
     from mlx_lm.utils import load_tokenizer
 
+    from .compat import keep_leading_space
+
     model, config = load_model(path, lazy)
     try:
         tokenizer = load_tokenizer(Path(path), eos_token_ids=config.get("eos_token_id"))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot load the tokenizer in {path}: {e}") from None
-    _keep_leading_space(tokenizer._detokenizer)
+    keep_leading_space(tokenizer)
     return model, tokenizer
-
-
-def _keep_leading_space(detokenizer) -> None:
-    """mlx-lm's byte-level BPE detokenizer drops the first generated token's leading space, as
-    if the text began there; ours always continues a prompt ("is" + " expected")."""
-    from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
-
-    if isinstance(detokenizer, BPEStreamingDetokenizer):
-        detokenizer._maybe_trim_space = lambda text: text

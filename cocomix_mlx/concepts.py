@@ -1,102 +1,39 @@
-"""Concept labels from a frozen teacher and its SAE (DESIGN §2).
+"""Concept labels from a frozen teacher and its SAE (docs/semantics.md).
 
 ``h`` is the teacher's residual after block ``layer``; ``g = ∂L/∂h`` of the teacher's mean
 next-token cross-entropy over the sequence (so the last position, whose logits are not in the
 loss, gets ``g = 0``); the attribution of latent j is ``(g · W_dec[:, j]) · z_j`` with ``z`` the
-SAE's post-TopK latents. Works for our GPT-2 and for mlx-lm Llama-family teachers.
+SAE's post-TopK latents. Works for every model :func:`models.backbone.backbone` covers.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from .errors import ConfigError
+from .models.backbone import backbone
 from .ops import cross_entropy, head_cross_entropy, topk_indices
-
-Stage = Callable[[mx.array], mx.array]
-
-
-def teacher_width(teacher: nn.Module) -> int:
-    args = teacher.args
-    return getattr(args, "n_embd", None) or args.hidden_size
-
-
-def context_length(model: nn.Module, default: int = 2048) -> int:
-    args = model.args
-    return getattr(args, "n_positions", None) or getattr(args, "max_position_embeddings", None) \
-        or default
-
-
-def teacher_depth(teacher: nn.Module) -> int:
-    return len(teacher.layers)
-
-
-def _llama_blocks(model, h: mx.array, blocks) -> mx.array:
-    from mlx_lm.models.base import create_attention_mask
-
-    window = getattr(model, "sliding_window", None)
-    for block in blocks:
-        sliding = getattr(block, "use_sliding", False)
-        h = block(h, create_attention_mask(h, None, window_size=window if sliding else None),
-                  cache=None)
-    return h
-
-
-def split_teacher(teacher: nn.Module, layer: int) -> tuple[Stage, Stage, Stage]:
-    """``(lower, upper, head)``: tokens → residual after block ``layer``; that residual → final
-    normalized hidden states; hidden states → logits."""
-    depth = teacher_depth(teacher)
-    if not 0 <= layer < depth:
-        raise ConfigError(f"layer {layer} is out of range for a teacher with {depth} blocks "
-                          f"(0..{depth - 1})")
-    if hasattr(teacher, "hidden_states"):  # our GPT-2 / CoCoMix models
-        m = teacher.model
-
-        def lower(tokens):
-            return teacher.hidden_states(tokens, stop=layer + 1)
-
-        def upper(h):
-            return m.ln_f(m.run_blocks(h, layer + 1, depth))
-
-        return lower, upper, teacher.logits
-    inner = teacher.model
-    if not (hasattr(inner, "embed_tokens") and hasattr(inner, "norm")):
-        raise ConfigError(f"unsupported teacher architecture {type(teacher).__module__}; use a "
-                          "GPT-2 or Llama-family checkpoint")
-
-    def lower(tokens):
-        return _llama_blocks(inner, inner.embed_tokens(tokens), inner.layers[:layer + 1])
-
-    def upper(h):
-        return inner.norm(_llama_blocks(inner, h, inner.layers[layer + 1:]))
-
-    def head(h):
-        if getattr(teacher.args, "tie_word_embeddings", True):
-            return inner.embed_tokens.as_linear(h)
-        return teacher.lm_head(h)
-
-    return lower, upper, head
 
 
 def residual_and_grad(teacher: nn.Module, tokens: mx.array, layer: int):
     """Teacher residual ``h`` after block ``layer`` and ``g = ∂L/∂h`` of its mean next-token
     cross-entropy within ``tokens`` (positions 0..T-2 predict 1..T-1)."""
-    lower, upper, head = split_teacher(teacher, layer)
-    h = mx.stop_gradient(lower(tokens))
+    bb = backbone(teacher)
+    h, upper = bb.split(tokens, layer)
+    h = mx.stop_gradient(h)
 
     def loss(h):
-        return head_cross_entropy(upper(h)[:, :-1], tokens[:, 1:], head)
+        return head_cross_entropy(upper(h)[:, :-1], tokens[:, 1:], bb.head)
 
     return h, mx.grad(loss)(h)
 
 
 def check_sae(teacher: nn.Module, sae) -> None:
-    if sae.cfg.d != teacher_width(teacher):
+    width = backbone(teacher).width
+    if sae.cfg.d != width:
         raise ConfigError(f"the SAE reads width {sae.cfg.d} but the teacher's residual has width "
-                          f"{teacher_width(teacher)}; train or convert an SAE for this teacher")
+                          f"{width}; train or convert an SAE for this teacher")
 
 
 def attribution(teacher: nn.Module, sae, tokens: mx.array, layer: int) -> mx.array:
@@ -109,8 +46,7 @@ def attribution(teacher: nn.Module, sae, tokens: mx.array, layer: int) -> mx.arr
 def activation_scores(teacher: nn.Module, sae, tokens: mx.array, layer: int) -> mx.array:
     """Ablation: the SAE's latent activations themselves as label scores, (B, T, C)."""
     check_sae(teacher, sae)
-    lower, _, _ = split_teacher(teacher, layer)
-    return mx.stop_gradient(sae.encode(lower(tokens)))
+    return mx.stop_gradient(sae.encode(backbone(teacher).residual(tokens, layer)))
 
 
 def concept_labels(scores: mx.array, k_attr: int) -> tuple[mx.array, mx.array]:
@@ -152,8 +88,7 @@ def activation_labels(teacher: nn.Module, sae, tokens: mx.array, layer: int,
                       k_attr: int) -> tuple[mx.array, mx.array]:
     """Ablation: ``concept_labels(activation_scores(...), k_attr)`` from the k active latents."""
     check_sae(teacher, sae)
-    lower, _, _ = split_teacher(teacher, layer)
-    index, z = sae.encode_sparse(mx.stop_gradient(lower(tokens)))
+    index, z = sae.encode_sparse(mx.stop_gradient(backbone(teacher).residual(tokens, layer)))
     return sparse_top(z, index, k_attr)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,13 +22,13 @@ else:  # pragma: no cover
 class ModelConfig:
     """GPT-2 backbone shape, with Hugging Face field names."""
 
-    model_type: str = "gpt2"
-    vocab_size: int = 8192
-    n_positions: int = 1024
-    n_embd: int = 256
-    n_layer: int = 6
-    n_head: int = 8
-    layer_norm_epsilon: float = 1e-5
+    model_type: str = "gpt2"  # architecture family of the checkpoint (gpt2)
+    vocab_size: int = 8192  # tokens in the vocabulary (follows the data unless set)
+    n_positions: int = 1024  # context length: learned positions
+    n_embd: int = 256  # width d of the residual stream
+    n_layer: int = 6  # number of transformer blocks
+    n_head: int = 8  # attention heads (n_embd must be a multiple)
+    layer_norm_epsilon: float = 1e-5  # LayerNorm epsilon
     dropout: float = 0.0  # embedding, attention-probability and residual dropout (HF: 0.1)
 
 
@@ -34,28 +36,28 @@ class ModelConfig:
 class TrainConfig:
     """Optimizer, schedule, batching and bookkeeping for ``pretrain``."""
 
-    mode: str = "ntp"
-    seq_len: int = 256
-    batch_size: int = 8
-    grad_accum: int = 1
-    steps: int = 1000
-    lr: float = 6e-4
-    min_lr_ratio: float = 0.1
+    mode: str = "ntp"  # objective: ntp, cocomix, kd or pause
+    seq_len: int = 256  # tokens per training window
+    batch_size: int = 8  # windows per step (split over data-parallel processes)
+    grad_accum: int = 1  # micro-batches accumulated per optimizer step
+    steps: int = 1000  # optimizer steps
+    lr: float = 6e-4  # peak learning rate
+    min_lr_ratio: float = 0.1  # the cosine decays to this fraction of lr
     warmup_steps: int = -1  # -1: steps // 300 (the paper's 1/300), at least 1
-    weight_decay: float = 0.1
+    weight_decay: float = 0.1  # AdamW decoupled weight decay
     decay_all: bool = True  # official runs decay every parameter; False exempts biases/norms/embeddings
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0
-    dtype: str = "float32"
-    compile: bool = True
-    seed: int = 0
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.95  # AdamW second-moment decay
+    eps: float = 1e-8  # AdamW epsilon
+    grad_clip: float = 1.0  # global gradient-norm clip (0: off)
+    dtype: str = "float32"  # float32, bfloat16 or float16 parameters and activations
+    compile: bool = True  # mx.compile the training and evaluation steps
+    seed: int = 0  # initialisation and batch order
     batch_order: str = "random"  # "random" windows | "windows": a permutation of aligned windows
-    eval_every: int = 200
-    eval_batches: int = 20
-    save_every: int = 500
-    log_every: int = 10
+    eval_every: int = 200  # steps between validation passes (0: never)
+    eval_batches: int = 20  # validation batches per pass
+    save_every: int = 500  # steps between checkpoints (the last step always saves)
+    log_every: int = 10  # steps between rows of metrics.jsonl
 
     def warmup(self) -> int:
         return max(1, self.steps // 300) if self.warmup_steps < 0 else self.warmup_steps
@@ -69,9 +71,9 @@ class ConceptConfig:
     ``concept_num`` = TopK k, ``insert_layer`` = ``insert_layer_index``).
     """
 
-    concept_dim: int = 32768
-    concept_num: int = 32
-    insert_layer: int = 5
+    concept_dim: int = 32768  # concepts C: the SAE's latents (follows the SAE or label store)
+    concept_num: int = 32  # concepts kept by the TopK before compression (k)
+    insert_layer: int = 5  # the concept is mixed in before this block (0-based)
     mixing: str = "interleave"  # "interleave" | "add" (ablation) | "none" (no mixing, ablation)
     teacher: str = ""  # checkpoint dir of the frozen teacher (cocomix and kd modes)
     sae: str = ""  # SAE dir trained on the teacher's layer ``sae_layer``
@@ -85,6 +87,20 @@ class ConceptConfig:
 
 
 SECTIONS = ("model", "train", "concept")
+_FIELD = re.compile(r"^    (\w+): [^=]+= (.+?)  # (.+)$")
+
+
+def describe_keys() -> list[tuple[str, str, str]]:
+    """``(key, default, meaning)`` of every config key, from the dataclasses' own source (each
+    field's comment is its meaning): the one source of the option list in ``pretrain --help``."""
+    rows = []
+    for section, cls in zip(SECTIONS, (ModelConfig, TrainConfig, ConceptConfig)):
+        known = {f.name for f in fields(cls)}
+        for line in inspect.getsource(cls).splitlines():
+            m = _FIELD.match(line)
+            if m and m.group(1) in known:
+                rows.append((f"{section}.{m.group(1)}", m.group(2), m.group(3)))
+    return rows
 
 
 @dataclass
@@ -181,8 +197,9 @@ def _field_types(section) -> dict[str, Any]:
     return {f.name: f.type for f in fields(section)}
 
 
-def set_value(cfg: Config, key: str, value: Any) -> None:
-    """Set ``key`` (``train.lr``, or a bare ``lr`` if unambiguous; ``-`` may stand for ``_``)."""
+def set_value(cfg: Config, key: str, value: Any) -> str:
+    """Set ``key`` (``train.lr``, or a bare ``lr`` if unambiguous; ``-`` may stand for ``_``);
+    returns the full key it set (``train.lr``)."""
     key = key.lstrip("-").replace("-", "_")
     if "." in key:
         sec_name, name = key.split(".", 1)
@@ -199,10 +216,12 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
         raise ConfigError(f"config key '{key}' is ambiguous; write {owners[0]}.{name}")
     section = _section(cfg, owners[0])
     setattr(section, name, _coerce(key, value, _field_types(section)[name]))
+    return f"{owners[0]}.{name}"
 
 
-def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Config:
-    """Apply ``{key: value}`` or a ``["--key", "value", ...]`` list (also ``--key=value``)."""
+def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> set[str]:
+    """Apply ``{key: value}`` or a ``["--key", "value", ...]`` list (also ``--key=value``);
+    returns the full keys set (``{"train.lr", ...}``)."""
     if isinstance(overrides, list):
         items, args = [], list(overrides)
         while args:
@@ -216,9 +235,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Confi
             else:
                 raise ConfigError(f"override '{tok}' needs a value, e.g. {tok} 3e-4")
         overrides = dict(items)
-    for key, value in overrides.items():
-        set_value(cfg, key, value)
-    return cfg
+    return {set_value(cfg, key, value) for key, value in overrides.items()}
 
 
 def preset(name: str) -> Config:
@@ -270,7 +287,3 @@ def dumps_toml(cfg: Config) -> str:
         lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
         lines.append("")
     return "\n".join(lines)
-
-
-def save_toml(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(dumps_toml(cfg), encoding="utf-8")

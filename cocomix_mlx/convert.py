@@ -19,7 +19,8 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from .checkpoint import atomic_directory, load_model, write_json
+from .checkpoint import load_model
+from .files import atomic_directory, refuse_existing, write_json
 from .errors import CheckpointError, ConfigError
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -172,7 +173,7 @@ def hf_gpt2_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def _tokenizer_into(src_dir: Optional[Path], tmp: Path) -> bool:
     """Copy or build tokenizer files from ``src_dir`` into ``tmp``; False when there are none."""
-    from .checkpoint import TOKENIZER_FILES
+    from .tokenizer import TOKENIZER_FILES
     from .tokenizer import tokenizer_from_gpt2_files
 
     if src_dir is None:
@@ -191,10 +192,6 @@ def _tokenizer_into(src_dir: Optional[Path], tmp: Path) -> bool:
             return True
     return False
 
-
-def _refuse_existing(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise ConfigError(f"{out} already exists; pass --force or choose another output")
 
 
 def _summary(model, out: Path) -> dict[str, Any]:
@@ -251,11 +248,11 @@ def _source_dir(src: Path) -> Path:
 def convert_gpt2(src: str | Path, out: str | Path, force: bool = False,
                  dtype: str = "float32") -> dict[str, Any]:
     """A Hugging Face GPT-2 directory or weights file → our (mlx-lm) checkpoint directory."""
-    from .checkpoint import read_json
+    from .files import read_json
     from .models import gpt2
 
     src, out = Path(src), Path(out)
-    _refuse_existing(out, force)
+    refuse_existing(out, force)
     config = hf_gpt2_config(read_json(_source_dir(src) / "config.json"))
     weights = gpt2_weights_from_hf(load_tensors(src), config["n_layer"])
     model = _build(gpt2.ModelArgs, gpt2.Model, config, weights, dtype)
@@ -281,11 +278,11 @@ def convert_cocomix(src: str | Path, out: str | Path, concept_num: Optional[int]
                     force: bool = False, dtype: str = "float32") -> dict[str, Any]:
     """An official CoCoMix checkpoint (GPT-2 keys + ``transformer.pre_bias``,
     ``concept_predictor``, ``compress_layer``) → our CoCoMix checkpoint."""
-    from .checkpoint import read_json
+    from .files import read_json
     from .models import cocomix
 
     src, out = Path(src), Path(out)
-    _refuse_existing(out, force)
+    refuse_existing(out, force)
     config = hf_gpt2_config(read_json(_source_dir(src) / "config.json"))
     run = read_run_yaml(src)
     weights = gpt2_weights_from_hf(load_tensors(src), config["n_layer"])
@@ -314,7 +311,7 @@ def convert_cocomix(src: str | Path, out: str | Path, concept_num: Optional[int]
 def _export(src: Path, out: Path, force: bool, want_cocomix: bool) -> tuple[Any, dict]:
     from .checkpoint import copy_tokenizer
 
-    _refuse_existing(out, force)
+    refuse_existing(out, force)
     model, config = load_model(src)
     if ("cocomix" in config) != want_cocomix or config.get("model_type") != "gpt2":
         kind = "a CoCoMix" if want_cocomix else "an NTP GPT-2"

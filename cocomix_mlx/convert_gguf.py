@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import mlx.core as mx
 
-from .checkpoint import atomic_directory, write_json
+from .files import atomic_directory, refuse_existing, write_json
 from .errors import CheckpointError, ConfigError
 
 NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
@@ -113,8 +113,7 @@ def convert_gguf(src: str | Path, out: str | Path, dtype: Optional[str] = None,
     from transformers import PreTrainedTokenizerFast
 
     src, out = Path(src), Path(out)
-    if out.exists() and not force:
-        raise ConfigError(f"{out} already exists; pass --force or choose another output")
+    refuse_existing(out, force)
     try:
         weights, meta = mx.load(str(src), return_metadata=True)
     except (RuntimeError, ValueError, OSError) as e:

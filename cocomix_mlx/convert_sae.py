@@ -8,9 +8,9 @@ from typing import Any, Optional
 
 import mlx.core as mx
 
-from .checkpoint import atomic_directory
-from .convert import _refuse_existing, load_tensors
+from .convert import load_tensors
 from .errors import CheckpointError
+from .files import atomic_directory, refuse_existing
 from .models.sae import SAEConfig, TopKSAE, load_sae, save_sae
 
 
@@ -69,7 +69,7 @@ def convert_sae(src: str | Path, out: str | Path, force: bool = False,
                 location: Optional[str] = None) -> dict[str, Any]:
     """An OpenAI ``.pt`` or a SAELens directory → ``sae.safetensors`` + ``config.json``."""
     src, out = Path(src), Path(out)
-    _refuse_existing(out, force)
+    refuse_existing(out, force)
     meta = {k: v for k, v in (("source_model", source_model), ("layer", layer),
                               ("location", location)) if v is not None}
     if src.is_dir() and (src / "sae_weights.safetensors").exists():

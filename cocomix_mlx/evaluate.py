@@ -10,9 +10,9 @@ from pathlib import Path
 import mlx.core as mx
 
 from .checkpoint import load_model
-from .concepts import context_length
 from .data import TokenDataset, check_vocab, load_meta
 from .errors import ConfigError, DataError
+from .models.backbone import backbone
 from .ops import head_cross_entropy
 
 
@@ -23,8 +23,9 @@ def perplexity(model_dir: str, data_dir: str, seq_len: int = 0, batch_size: int 
         raise ConfigError(f"--split must be val or train, not {split}")
     model, config = load_model(model_dir)
     model.eval()
+    bb = backbone(model)
     check_vocab(load_meta(data_dir), config["vocab_size"])
-    context = config.get("n_positions") or config.get("max_position_embeddings") or 1024
+    context = bb.context
     seq_len = seq_len or context
     if seq_len > context:
         raise ConfigError(f"--seq-len {seq_len} exceeds the model's context {context}")
@@ -32,7 +33,7 @@ def perplexity(model_dir: str, data_dir: str, seq_len: int = 0, batch_size: int 
 
     @mx.compile
     def summed_loss(inputs, targets):
-        return head_cross_entropy(model.hidden_states(inputs), targets, model.logits, "sum")
+        return head_cross_entropy(bb.hidden(inputs), targets, bb.head, "sum")
 
     total, tokens = 0.0, 0
     for inputs, targets in data.eval_batches(batch_size, seq_len, max_batches or None):
@@ -52,7 +53,7 @@ def continuation_logprob(model, context: list[int], continuation: list[int]) -> 
     """
     if not continuation:
         raise DataError("an empty continuation cannot be scored")
-    tokens = (context + continuation)[-(context_length(model) + 1):]
+    tokens = (context + continuation)[-(backbone(model).context + 1):]
     n = len(continuation)
     if len(tokens) <= n:
         raise DataError("a continuation is longer than the model's context")

@@ -8,13 +8,13 @@ Sampling and logits processing are mlx-lm's (``make_sampler``, ``make_logits_pro
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Iterator, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from .errors import ConfigError
+from .models.backbone import backbone
 
 SPANS = ("all", "prompt", "generated")
 MAX_ALPHA = 10.0
@@ -54,95 +54,99 @@ def _resolve(steer: dict, C: int, names: Optional[dict[str, int]] = None):
 
 def resolve_steer(model: nn.Module, steer: dict, names: Optional[dict[str, int]] = None):
     """Concept indices and factors for ``steer`` ({index or name: alpha}), validated."""
-    if not hasattr(model, "concept_predictor"):
+    if not backbone(model).has_concepts:
         raise ConfigError("steering needs a CoCoMix model with a concept head, or a plain model "
                           "with --sae and --layer")
     return _resolve(steer, model.args.concept_dim, names)
 
 
-@contextmanager
-def steering(model: nn.Module, steer: Optional[dict], prompt_len: int, span: str = "all",
-             names: Optional[dict[str, int]] = None):
-    """Steer ``model`` inside the ``with`` block over ``span`` of the token positions."""
-    if not steer:
-        yield
-        return
-    from .models.cocomix import Steering
-
+def _span(span: str, prompt_len: int) -> tuple[int, int]:
     if span not in SPANS:
         raise ConfigError(f"--span must be one of {', '.join(SPANS)}, not {span!r}")
-    index, alpha = resolve_steer(model, steer, names)
-    start = prompt_len if span == "generated" else 0
-    end = prompt_len if span == "prompt" else 2**31 - 1
-    model.steering = Steering(index, alpha, start, end)
-    try:
-        yield
-    finally:
-        model.steering = None
+    return (prompt_len if span == "generated" else 0,
+            prompt_len if span == "prompt" else 2**31 - 1)
 
 
-class SAESteeredBlock(nn.Module):
-    """A teacher block whose output residual ``h`` has SAE latents ``index`` scaled by ``alpha``:
-    ``h + Σ (alpha_j - 1) · z_j · std · W_dec[:, j]`` (the SAE decoder is linear, so this equals
-    swapping the latent for its scaled value, without the SAE's reconstruction error)."""
+class Steered(nn.Module):
+    """A model steered by a wrapper: the wrapped model is read, never changed. Called like an
+    mlx-lm model (``model(inputs, cache=cache)``), with the wrapped model's cache."""
 
-    def __init__(self, block: nn.Module, sae, index: mx.array, alpha: mx.array, start: int,
-                 end: int):
+    def __init__(self, model: nn.Module):
         super().__init__()
-        self.block, self.sae = block, sae
+        self.inner = model
+
+    @property
+    def layers(self):
+        return backbone(self.inner).blocks
+
+    def make_cache(self):
+        from mlx_lm.models.cache import make_prompt_cache
+
+        return make_prompt_cache(self.inner)
+
+
+class ConceptSteered(Steered):
+    """A CoCoMix model whose predicted concept logits are scaled before the TopK (paper §3.2)."""
+
+    def __init__(self, model: nn.Module, steering):
+        super().__init__(model)
+        self.steering = steering
+
+    def __call__(self, inputs: mx.array, cache=None) -> mx.array:
+        return self.inner(inputs, cache, steering=self.steering)
+
+
+class SAESteered(Steered):
+    """A model whose residual after block ``layer`` has SAE latents ``index`` scaled by ``alpha``
+    at positions ``start <= t < end``: ``h + Σ (alpha_j - 1) · z_j · std · W_dec[:, j]`` (the
+    decoder is linear, so this equals swapping each latent for its scaled value, without the
+    SAE's reconstruction error)."""
+
+    def __init__(self, model: nn.Module, sae, layer: int, index: mx.array, alpha: mx.array,
+                 start: int, end: int):
+        super().__init__(model)
+        self.sae, self.layer = sae, layer
         self.index, self.alpha, self.start, self.end = index, alpha, start, end
 
-    def __getattr__(self, name):  # the model may read the block's own attributes (use_sliding)
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if "block" in self:
-                return getattr(self["block"], name)
-            raise
-
-    def __call__(self, x, *args, **kwargs):
-        cache = kwargs.get("cache", args[1] if len(args) > 1 else None)
-        offset = cache.offset if cache is not None else 0
-        h = self.block(x, *args, **kwargs)
+    def __call__(self, inputs: mx.array, cache=None) -> mx.array:
+        bb = backbone(self.inner)
+        offset = bb.offset(cache)
+        h = bb.lower(inputs, self.layer, cache)
         z, stats = self.sae.encode(h, return_stats=True)
         std = stats[1] if stats is not None else 1.0
         picked = mx.take(z, self.index, axis=-1) * (self.alpha - 1)  # (B, T, n)
         delta = (picked @ mx.take(self.sae.W_dec, self.index, axis=1).T) * std
         positions = mx.arange(offset, offset + h.shape[1])
         active = ((positions >= self.start) & (positions < self.end))[:, None]
-        return h + mx.where(active, delta, 0).astype(h.dtype)
+        h = h + mx.where(active, delta, 0).astype(h.dtype)
+        return bb.head(bb.upper(h, self.layer, cache, offset))
 
 
-def _blocks(model: nn.Module) -> list:
-    inner = model.model
-    return inner.h if hasattr(inner, "h") else inner.layers
-
-
-@contextmanager
-def sae_steering(model: nn.Module, sae, layer: int, steer: Optional[dict], prompt_len: int,
-                 span: str = "all", names: Optional[dict[str, int]] = None):
-    """Steer a plain model by scaling SAE latents at the output of block ``layer``."""
+def steered(model: nn.Module, steer: Optional[dict], prompt_len: int, span: str = "all",
+            names: Optional[dict[str, int]] = None, sae=None,
+            layer: Optional[int] = None) -> nn.Module:
+    """``model`` steered by ``steer`` ({concept index or name: alpha}) over ``span`` of the token
+    positions: its predicted concepts (a CoCoMix model), or with ``sae`` the SAE's latents at the
+    output of block ``layer`` (default: the SAE's own). Without ``steer``, ``model`` itself."""
     if not steer:
-        yield
-        return
-    from .concepts import check_sae, teacher_depth
+        return model
+    start, end = _span(span, prompt_len)
+    if sae is None:
+        from .models.cocomix import Steering
 
+        return ConceptSteered(model, Steering(*resolve_steer(model, steer, names), start, end))
+    from .concepts import check_sae
+
+    layer = sae.cfg.layer if layer is None else layer
+    if layer is None:
+        raise ConfigError("give --layer: the block whose output the SAE reads")
     check_sae(model, sae)
-    if not 0 <= layer < teacher_depth(model):
-        raise ConfigError(f"--layer {layer} is out of range for a model with "
-                          f"{teacher_depth(model)} blocks")
-    if span not in SPANS:
-        raise ConfigError(f"--span must be one of {', '.join(SPANS)}, not {span!r}")
-    index, alpha = _resolve(steer, sae.cfg.latents, names)
-    blocks = _blocks(model)
-    original = blocks[layer]
-    start = prompt_len if span == "generated" else 0
-    end = prompt_len if span == "prompt" else 2**31 - 1
-    blocks[layer] = SAESteeredBlock(original, sae, index, alpha, start, end)
-    try:
-        yield
-    finally:
-        blocks[layer] = original
+    bb = backbone(model)
+    bb.check_layer(layer)
+    if not bb.token_stream(layer):
+        raise ConfigError(f"block {layer} of this CoCoMix model runs over interleaved concept "
+                          f"slots; steer an SAE on a block before {bb.insert}")
+    return SAESteered(model, sae, layer, *_resolve(steer, sae.cfg.latents, names), start, end)
 
 
 def stream(model: nn.Module, tokenizer, prompt: str | list[int], max_tokens: int = 256,
@@ -168,17 +172,9 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int], max_tokens: int
     sampler = make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)
     processors = make_logits_processors(repetition_penalty=repetition_penalty)
     model.eval()
-    if sae is not None:
-        if layer is None:
-            layer = sae.cfg.layer
-        if layer is None:
-            raise ConfigError("give --layer: the block whose output the SAE reads")
-        context = sae_steering(model, sae, layer, steer, len(ids), span, names)
-    else:
-        context = steering(model, steer, len(ids), span, names)
-    with context:
-        yield from stream_generate(model, tokenizer, mx.array(ids), max_tokens=max_tokens,
-                                   sampler=sampler, logits_processors=processors)
+    model = steered(model, steer, len(ids), span, names, sae, layer)
+    yield from stream_generate(model, tokenizer, mx.array(ids), max_tokens=max_tokens,
+                               sampler=sampler, logits_processors=processors)
 
 
 def generate(model: nn.Module, tokenizer, prompt: str | list[int], **kwargs) -> str:
@@ -195,7 +191,7 @@ def predicted_concepts(model: nn.Module, tokenizer, text: str, top: int = 5,
                        labels: Optional[dict[int, str]] = None) -> list[dict]:
     """Per token of ``text``: the ``top`` concepts the model predicts there, with their logits
     and dictionary labels (when ``labels`` maps indices to names)."""
-    if not hasattr(model, "concept_predictor"):
+    if not backbone(model).has_concepts:
         raise ConfigError("concept inspection needs a CoCoMix model with a concept head")
     ids = tokenizer.encode(text)
     if not ids:

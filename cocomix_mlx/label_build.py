@@ -19,11 +19,12 @@ from typing import Optional
 
 import numpy as np
 
-from .checkpoint import swap_in, write_json
+from .files import refuse_existing, swap_in, write_json
 from .data import TokenDataset, load_meta
 from .errors import ConfigError, DataError
-from .labels import (DEFAULT_MAX_WINDOW, FORMAT, KINDS, SPLITS, BuildConfig, Progress,
-                     data_identity, sae_identity, teacher_identity, window_count, window_span)
+from .label_store import (DEFAULT_MAX_WINDOW, FORMAT, KINDS, SPLITS, BuildConfig, Progress,
+                          data_identity, sae_identity, teacher_identity, window_count,
+                          window_span)
 
 SAVE_SECONDS = float(os.environ.get("COCOMIX_LABELS_SAVE_SECONDS", "5"))  # progress records
 BLOCK = 1 << 22  # positions per pass over a whole memory-mapped array
@@ -47,8 +48,8 @@ class _Builder:
     def __init__(self, teacher_dir: Path, sae_dir: Path, data_dir: Path, cfg: BuildConfig):
         import mlx.core as mx
 
-        from .concepts import activation_labels, attribution_labels, check_sae, context_length
-        from .concepts import split_teacher
+        from .concepts import activation_labels, attribution_labels, check_sae
+        from .models.backbone import backbone
         from .models.sae import load_sae
         from .objectives import load_frozen
         from .tokenizer import load_tokenizer
@@ -65,10 +66,11 @@ class _Builder:
             if self.sae.cfg.layer is None:
                 raise ConfigError("the SAE does not record its layer; pass --layer N")
             cfg.layer = self.sae.cfg.layer
-        split_teacher(self.teacher, cfg.layer)  # validates the layer
+        bb = backbone(self.teacher)
+        bb.check_layer(cfg.layer)
         if not 0 < cfg.k_attr <= self.sae.cfg.k:
             raise ConfigError(f"--k-attr {cfg.k_attr} must be in 1..{self.sae.cfg.k} (the SAE's k)")
-        context = context_length(self.teacher)
+        context = bb.context
         cfg.window = cfg.window or min(context, DEFAULT_MAX_WINDOW)
         if cfg.window > context:
             raise ConfigError(f"--window {cfg.window} is longer than the teacher's context "
@@ -152,9 +154,7 @@ def build(teacher: str | Path, sae: str | Path, data: str | Path, out: str | Pat
     partial = out.with_name(f".{out.name}.partial")
     if resume and force:
         raise ConfigError("--resume and --force exclude each other")
-    if out.exists() and not force:
-        raise ConfigError(f"{out} already exists; pass --force to replace it or choose another "
-                          "--out")
+    refuse_existing(out, force)
     if partial.exists() and not resume:
         if not force:
             raise ConfigError(f"an interrupted build of {out} is in {partial}; pass --resume to "

@@ -1,7 +1,7 @@
 """Training objectives. Each maps ``(model, inputs, targets)`` to ``(loss, metrics)``.
 
 ``ntp`` (also the pause baseline, whose model interleaves pause slots), ``cocomix`` (NTP plus
-λ · the concept loss on labels from a frozen teacher + SAE, DESIGN §2) and ``kd`` (NTP plus
+λ · the concept loss on labels from a frozen teacher + SAE, docs/semantics.md) and ``kd`` (NTP plus
 ``kd_weight`` · KL(teacher ‖ student)).
 """
 
@@ -14,9 +14,10 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .concepts import (activation_labels, attribution_labels, check_sae, concept_loss,
-                       concept_recall, teacher_depth)
+                       concept_recall)
 from .config import Config, ConceptConfig
 from .errors import ConfigError
+from .models.backbone import backbone
 from .ops import cross_entropy, head_cross_entropy
 
 Objective = Callable[[nn.Module, mx.array, mx.array], tuple[mx.array, dict[str, mx.array]]]
@@ -156,9 +157,10 @@ def build_objective(cfg: Config, data_meta: dict | None = None) -> Objective:
     sae.set_dtype(mx.float32)
     sae.freeze()
     check_sae(teacher, sae)
-    if not 0 <= cc.sae_layer < teacher_depth(teacher):
+    depth = backbone(teacher).depth
+    if not 0 <= cc.sae_layer < depth:
         raise ConfigError(f"--sae-layer {cc.sae_layer} is out of range for a teacher with "
-                          f"{teacher_depth(teacher)} blocks")
+                          f"{depth} blocks")
     if sae.cfg.latents != cc.concept_dim:
         raise ConfigError(f"the SAE has {sae.cfg.latents} latents but concept_dim is "
                           f"{cc.concept_dim}; set --concept-dim {sae.cfg.latents}")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from mlx.utils import tree_flatten
 
-from .checkpoint import atomic_directory, copy_tokenizer, load_model, save_weights, write_json
+from .checkpoint import copy_tokenizer, load_model
+from .files import atomic_directory, refuse_existing, save_weights, write_json
 from .errors import CheckpointError, ConfigError
 
 BITS = (2, 3, 4, 5, 6, 8)
@@ -35,8 +36,7 @@ def quantize_checkpoint(src: str | Path, out: str | Path, bits: int = 4, group_s
     if group_size not in GROUP_SIZES:
         raise ConfigError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}")
     out = Path(out)
-    if out.exists() and not force:
-        raise ConfigError(f"{out} already exists; pass --force or choose another output")
+    refuse_existing(out, force)
     model, config = load_model(src)
     if "quantization" in config:
         raise ConfigError(f"{src} is already quantized; start from the full-precision checkpoint")

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .concepts import check_sae, context_length, split_teacher
+from .concepts import check_sae
 from .data import TokenDataset
 from .errors import DataError
+from .models.backbone import backbone
 from .ops import cross_entropy
 
 
@@ -40,22 +40,24 @@ def evaluate_sae(teacher: nn.Module, sae, layer: int, data_dir: str | Path, batc
     residual is kept as it is when the others are replaced.
     """
     check_sae(teacher, sae)
-    lower, upper, head = split_teacher(teacher, layer)
-    seq_len = min(seq_len, context_length(teacher))
+    bb = backbone(teacher)
+    bb.check_layer(layer)
+    seq_len = min(seq_len, bb.context)
 
     @mx.compile
     def measure(inputs, targets):
-        h = lower(inputs).astype(mx.float32)
+        h, upper = bb.split(inputs, layer)
+        h = h.astype(mx.float32)
         x = h[:, 1:]
         xn, stats = sae.preprocess(x)
         z = sae.encode(x)
-        recon_n = sae.decode(z)
+        recon_n = sae.decode_standardized(z)
         recon = sae.destandardize(recon_n, stats)
         err, var = _squared_error(recon, x)
         err_n, var_n = _squared_error(recon_n, xn)
-        clean = cross_entropy(head(upper(h)), targets)
+        clean = cross_entropy(bb.head(upper(h)), targets)
         spliced = mx.concatenate([h[:, :1], recon], axis=1).astype(h.dtype)
-        spliced = cross_entropy(head(upper(spliced)), targets)
+        spliced = cross_entropy(bb.head(upper(spliced)), targets)
         fired = (z > 0).reshape(-1, z.shape[-1]).any(0)
         return err, var, err_n, var_n, (z > 0).sum(-1).mean(), fired, clean, spliced
 
@@ -81,15 +83,10 @@ def _squared_error(reconstruction: mx.array, target: mx.array) -> tuple[mx.array
     return err, ((x - x.mean(0, keepdims=True)) ** 2).sum()
 
 
-def _final_norm(teacher: nn.Module):
-    inner = teacher.model
-    return inner.ln_f if hasattr(inner, "ln_f") else inner.norm
-
-
 def promoted_tokens(teacher: nn.Module, sae, top: int = 8) -> np.ndarray:
     """(C, top) token ids each decoder direction most promotes: W_dec[:, j] → final norm → head."""
-    _, _, head = split_teacher(teacher, 0)
-    logits = head(_final_norm(teacher)(sae.W_dec.T.astype(mx.float32)))
+    bb = backbone(teacher)
+    logits = bb.head(bb.norm(sae.W_dec.T.astype(mx.float32)))
     return np.array(mx.argpartition(-logits, kth=top - 1, axis=-1)[:, :top]
                     if top < logits.shape[-1] else mx.argsort(-logits, -1))
 
@@ -100,9 +97,10 @@ def describe(teacher: nn.Module, tokenizer, sae, layer: int, data_dir: str | Pat
     """The concept dictionary: per latent its activation frequency, top-activating contexts,
     most-promoted tokens and a short label."""
     check_sae(teacher, sae)
-    lower, _, _ = split_teacher(teacher, layer)
-    seq_len = min(seq_len, context_length(teacher))
-    encode = mx.compile(lambda tokens: sae.encode(lower(tokens).astype(mx.float32)))
+    bb = backbone(teacher)
+    bb.check_layer(layer)
+    seq_len = min(seq_len, bb.context)
+    encode = mx.compile(lambda tokens: sae.encode(bb.residual(tokens, layer).astype(mx.float32)))
     C = sae.cfg.latents
     best_val = np.full((contexts, C), -np.inf, np.float32)
     best_at = np.zeros((contexts, C), np.int64)

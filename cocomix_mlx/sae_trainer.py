@@ -12,25 +12,25 @@ Adam step and the columns are renormalized after.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_unflatten
 
-from . import checkpoint as ckpt
-from .concepts import check_sae, split_teacher
+from . import files
 from .data import TokenDataset
 from .errors import CheckpointError, ConfigError
+from .models.backbone import backbone
 from .models.sae import SAEConfig, TopKSAE, load_sae, save_sae
-from .ops import standardize, topk_indices
+from .ops import topk_indices
+from .rundir import RunDirectory
 
 
 @dataclass
@@ -135,8 +135,9 @@ def unit_columns(w: mx.array) -> mx.array:
 
 # ---- activations ----------------------------------------------------------------------------
 def activation_fn(teacher: nn.Module, layer: int) -> Callable[[mx.array], mx.array]:
-    lower, _, _ = split_teacher(teacher, layer)
-    return mx.compile(lambda tokens: lower(tokens).astype(mx.float32))
+    bb = backbone(teacher)
+    bb.check_layer(layer)
+    return mx.compile(lambda tokens: bb.residual(tokens, layer).astype(mx.float32))
 
 
 class ActivationBuffer:
@@ -213,14 +214,12 @@ class SAETrainer:
 
     def __init__(self, cfg: SAETrainConfig, teacher: nn.Module, data_dir: str | Path,
                  out_dir: str | Path, teacher_name: Optional[str] = None):
-        from .concepts import teacher_width
-
-        from .concepts import context_length
-
         self.cfg, self.out_dir = cfg, Path(out_dir)
-        split_teacher(teacher, cfg.layer)  # validates the layer
-        cfg.seq_len = min(cfg.seq_len, context_length(teacher))
-        d = teacher_width(teacher)
+        self.run_dir = RunDirectory(self.out_dir)
+        bb = backbone(teacher)
+        bb.check_layer(cfg.layer)
+        cfg.seq_len = min(cfg.seq_len, bb.context)
+        d = bb.width
         self.k_aux = cfg.auxk or d // 2
         try:
             sae_cfg = SAEConfig(d=d, latents=cfg.latents, k=cfg.k, layer=cfg.layer,
@@ -270,32 +269,25 @@ class SAETrainer:
 
     def save(self) -> None:
         state = {"step": self.step, "config": asdict(self.cfg), "k_aux": self.k_aux}
-        metrics = self.out_dir / "metrics.jsonl"
 
         def write(tmp: Path) -> None:
             save_sae(self.sae, tmp)
-            ckpt.save_weights(tmp / "optimizer.safetensors", self.optimizer.state)
-            ckpt.save_weights(tmp / "counters.safetensors", self.counters)
-            ckpt.write_json(tmp / "trainer_state.json", state)
-            if metrics.exists():
-                (tmp / "metrics.jsonl").write_bytes(metrics.read_bytes())
+            files.save_weights(tmp / "optimizer.safetensors", self.optimizer.state)
+            files.save_weights(tmp / "counters.safetensors", self.counters)
 
-        ckpt.atomic_directory(self.out_dir, write)
+        self.run_dir.save(write, state)
 
     def resume(self) -> None:
-        path = ckpt.recover(self.out_dir)
-        state = ckpt.read_json(path / "trainer_state.json")
+        state = self.run_dir.state()
+        path = self.out_dir
         saved = load_sae(path)
         if saved.cfg.d != self.sae.cfg.d or saved.cfg.latents != self.sae.cfg.latents:
             raise CheckpointError(f"{path} holds a different SAE shape; resume with its settings")
         self.sae.update(saved.parameters())
-        self.optimizer.state = tree_unflatten(list(ckpt.load_weights(path / "optimizer.safetensors").items()))
-        self.counters.update(ckpt.load_weights(path / "counters.safetensors"))
+        self.optimizer.state = tree_unflatten(list(files.load_weights(path / "optimizer.safetensors").items()))
+        self.counters.update(files.load_weights(path / "counters.safetensors"))
         self.step = state["step"]
-        if (path / "metrics.jsonl").exists():
-            keep = [line for line in (path / "metrics.jsonl").read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.step]
-            (path / "metrics.jsonl").write_text("".join(line + "\n" for line in keep))
+        self.run_dir.truncate(self.step)
         self._compile()
 
     def train(self, callback: Optional[Callable[[str, dict], None]] = None) -> dict[str, Any]:
@@ -309,13 +301,9 @@ class SAETrainer:
             self.step += 1
             last = {"step": self.step, **{k: v.item() for k, v in out.items()},
                     "activations_per_s": cfg.batch_tokens / (time.perf_counter() - start)}
-            if not math.isfinite(last["loss"]):
-                raise ConfigError(f"the SAE loss became {last['loss']} at step {self.step}; "
-                                  "lower --lr")
+            self.run_dir.check_finite(last["loss"], self.step, "lower --lr and --resume")
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(last) + "\n")
+                self.run_dir.log(last)
             callback("step", last)
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
                 self.save()
@@ -324,6 +312,6 @@ class SAETrainer:
 
 
 def sae_config_from_checkpoint(path: str | Path) -> SAETrainConfig:
-    state = ckpt.read_json(Path(path) / "trainer_state.json")
+    state = files.read_json(Path(path) / "trainer_state.json")
     names = {f.name for f in fields(SAETrainConfig)}
     return SAETrainConfig(**{k: v for k, v in state["config"].items() if k in names})

@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .errors import ConfigError, DataError
+from .files import refuse_existing
 
 EOS = "<|endoftext|>"
 SPECIALS = {"unk": "<unk>", "bos": "<s>", "eos": EOS}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
 Progress = Callable[[int, "int | None"], None]
 
 
@@ -73,8 +76,7 @@ def _save_hf(tok, out_dir: Path, bos: str | None, eos: str, unk: str | None) -> 
 def _write_dir(out_dir: str | Path, force: bool, write: Callable[[Path], None]) -> Path:
     """Build ``out_dir`` in a temporary sibling and move it into place."""
     out = Path(out_dir)
-    if out.exists() and not force:
-        raise ConfigError(f"{out} already exists; pass --force or choose another --out")
+    refuse_existing(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -96,7 +98,7 @@ def train_tokenizer(inputs: list[str], vocab_size: int, out_dir: str | Path,
 
     import sentencepiece as spm
 
-    from .data import iter_documents
+    from .text import iter_documents
 
     if vocab_size < 300:
         raise ConfigError("--vocab-size must be at least 300 (256 byte tokens + specials + merges)")
@@ -226,8 +228,6 @@ class Tokenizer:
         return table
 
     def save(self, out_dir: str | Path) -> None:
-        from .checkpoint import TOKENIZER_FILES
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for name in TOKENIZER_FILES:

@@ -5,10 +5,9 @@ bit-exact resume. Objectives plug in as functions ``(model, inputs, targets) -> 
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,10 +17,12 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_map, tree_unflatten
 
-from . import checkpoint as ckpt
+from . import files
+from .checkpoint import write_model_files
+from .rundir import RunDirectory
 from .config import Config, dumps_toml, from_dict
 from .data import BATCH_ORDERS, TokenDataset, check_vocab, load_meta
-from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .errors import CheckpointError, ConfigError
 from .objectives import Objective
 
 Callback = Callable[[str, dict[str, Any]], None]
@@ -100,20 +101,18 @@ class RunState:
     step: int = 0
     tokens: int = 0
     elapsed: float = 0.0
-    best_val_loss: float = float("inf")
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Trainer:
     """Train ``model`` on token shards with ``objective``; rank 0 writes ``out_dir``."""
 
     def __init__(self, cfg: Config, model: nn.Module, objective: Objective, data_dir: str | Path,
-                 out_dir: str | Path, extra_config: dict[str, Any] | None = None):
+                 out_dir: str | Path):
         self.cfg, self.model, self.objective = cfg, model, objective
         self.out_dir = Path(out_dir)
-        self.extra_config = extra_config or {}
         self.group = mx.distributed.init()
         self.rank, self.world = self.group.rank(), self.group.size()
+        self.run_dir = RunDirectory(self.out_dir, writer=self.rank == 0)
         t = cfg.train
         if t.batch_size % self.world:
             raise ConfigError(f"batch_size {t.batch_size} is not divisible by {self.world} processes")
@@ -201,56 +200,36 @@ class Trainer:
             return
         mx.eval(self.model.parameters(), self.optimizer.state)
         state = {"step": self.state.step, "tokens": self.state.tokens,
-                 "elapsed": self.state.elapsed, "best_val_loss": self.state.best_val_loss,
-                 "extra": self.state.extra, "world_size": self.world,
+                 "elapsed": self.state.elapsed, "world_size": self.world,
                  "config": self.cfg.to_dict(), "data_dir": str(self.data_dir)}
-        metrics_src = self.out_dir / "metrics.jsonl"
 
         def write(tmp: Path) -> None:
-            ckpt.write_model_files(tmp, self.model, self.data_dir / "tokenizer", {
+            write_model_files(tmp, self.model, self.data_dir / "tokenizer", {
                 "bos_token_id": self.meta.get("eos_token_id"),
-                "eos_token_id": self.meta.get("eos_token_id"), **self.extra_config})
-            ckpt.save_weights(tmp / "optimizer.safetensors", self.optimizer.state)
-            ckpt.write_json(tmp / "trainer_state.json", state)
+                "eos_token_id": self.meta.get("eos_token_id")})
+            files.save_weights(tmp / "optimizer.safetensors", self.optimizer.state)
             (tmp / "config.toml").write_text(dumps_toml(self.cfg), encoding="utf-8")
-            if metrics_src.exists():
-                (tmp / "metrics.jsonl").write_bytes(metrics_src.read_bytes())
 
-        ckpt.atomic_directory(self.out_dir, write)
+        self.run_dir.save(write, state)
 
     def resume(self) -> None:
         """Restore weights, optimizer, RNG and counters from ``out_dir``."""
-        path = ckpt.recover(self.out_dir)
-        state = ckpt.read_json(path / "trainer_state.json")
+        state = self.run_dir.state()
+        path = self.out_dir
         if state.get("world_size", 1) != self.world:
             raise CheckpointError(f"{path} was written by {state.get('world_size')} processes, "
                                   f"this run has {self.world}; resume with the same -n")
-        weights = ckpt.load_weights(path / "model.safetensors")
+        weights = files.load_weights(path / "model.safetensors")
         try:
             self.model.load_weights(list(weights.items()), strict=True)
         except ValueError as e:
             raise CheckpointError(f"{path} does not match this model: {e}") from None
-        opt_state = ckpt.load_weights(path / "optimizer.safetensors")
+        opt_state = files.load_weights(path / "optimizer.safetensors")
         self.optimizer.state = tree_unflatten(list(opt_state.items()))
         self.state = RunState(step=state["step"], tokens=state["tokens"],
-                              elapsed=state["elapsed"], best_val_loss=state["best_val_loss"],
-                              extra=state.get("extra", {}))
-        self._truncate_metrics()
+                              elapsed=state["elapsed"])
+        self.run_dir.truncate(self.state.step)
         self._build_steps()
-
-    def _truncate_metrics(self) -> None:
-        path = self.out_dir / "metrics.jsonl"
-        if self.rank != 0 or not path.exists():
-            return
-        keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= self.state.step]
-        path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-
-    def _log(self, row: dict[str, Any]) -> None:
-        if self.rank == 0:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
 
     # ---- loop -----------------------------------------------------------------------------
     def train(self, callback: Callback | None = None) -> dict[str, Any]:
@@ -271,10 +250,8 @@ class Trainer:
             loss, metrics, norm = self.train_step(inputs, targets)
             step_time = time.perf_counter() - start
             step = self.state.step + 1
-            if not math.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {loss} at step {step}; the last good checkpoint in "
-                    f"{self.out_dir} is kept; lower --lr or raise --warmup-steps and --resume")
+            self.run_dir.check_finite(loss, step, "lower --lr or raise --warmup-steps and "
+                                      "--resume")
             self.state.elapsed += step_time
             window_time, window_tokens = window_time + step_time, window_tokens + tokens_per_step
             self.state.step, self.state.tokens = step, self.state.tokens + tokens_per_step
@@ -282,14 +259,13 @@ class Trainer:
                     "tokens_per_s": window_tokens / window_time}
             if step % t.log_every == 0 or step == t.steps:
                 last["peak_memory_gb"] = mx.get_peak_memory() / 1e9
-                self._log(last)
+                self.run_dir.log(last)
                 window_time, window_tokens = 0.0, 0
             callback("step", last)
             if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
                 ev = self.evaluate()
                 if ev:
-                    self.state.best_val_loss = min(self.state.best_val_loss, ev["val_loss"])
-                    self._log({"step": step, **ev})
+                    self.run_dir.log({"step": step, **ev})
                     callback("eval", {"step": step, **ev})
                     last.update(ev)
             if (t.save_every and step % t.save_every == 0) or step == t.steps:
@@ -311,5 +287,5 @@ def open_datasets(cfg: Config, data_dir: Path) -> tuple[TokenDataset, TokenDatas
 
 
 def config_from_checkpoint(path: str | Path) -> Config:
-    state = ckpt.read_json(Path(path) / "trainer_state.json")
+    state = files.read_json(Path(path) / "trainer_state.json")
     return from_dict(state["config"])

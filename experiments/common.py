@@ -16,9 +16,7 @@ from typing import Callable
 import mlx.core as mx
 
 from cocomix_mlx.config import Config
-from cocomix_mlx.data import load_meta
 from cocomix_mlx.models import build_model, num_parameters
-from cocomix_mlx.objectives import build_objective
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
@@ -34,16 +32,9 @@ def read_toml(path: Path) -> dict:
 
 def run_trainer(cfg: Config, out: Path, data: Path) -> float:
     """Train (or finish) the run in ``out``; returns its training wall time in seconds."""
-    from cocomix_mlx.checkpoint import recover
-    from cocomix_mlx.trainer import Trainer
+    from cocomix_mlx.runs import make_run
 
-    model = build_model(cfg.model, seed=cfg.train.seed, mode=cfg.train.mode, concept=cfg.concept)
-    trainer = Trainer(cfg, model, build_objective(cfg, load_meta(data)), data, out)
-    recover(out)
-    if (out / "trainer_state.json").exists():
-        trainer.resume()
-    elif out.exists():
-        shutil.rmtree(out)
+    trainer = make_run(cfg, data, out, resume="auto")
     if trainer.state.step < cfg.train.steps:
         trainer.train()
     return trainer.state.elapsed
@@ -65,6 +56,42 @@ def widen(cfg: Config, target: int) -> Config:
         cfg.model.n_embd += cfg.model.n_head
     cfg.model.n_embd = min(gaps, key=gaps.get)
     return cfg
+
+
+def train_student(results: Path, variant: str, seed: int, cfg: Config, out: Path, data: Path,
+                  items: list) -> None:
+    """Train (or finish) one student, evaluate it (perplexity on the whole held-out split,
+    last-word accuracy on ``items``) and write ``results/VARIANT-sSEED.json`` and its curve."""
+    import time
+
+    import cocomix_mlx as cm
+    from cocomix_mlx.evaluate import last_word, perplexity
+
+    started = time.time()
+    elapsed = run_trainer(cfg, out, data)
+    model, tokenizer = cm.load(out)
+    result = {
+        "variant": variant, "seed": seed, "n_embd": cfg.model.n_embd,
+        "params": num_parameters(model),
+        "tokens": cfg.train.steps * cfg.train.batch_size * cfg.train.seq_len,
+        "train_s": round(elapsed, 1), "val": perplexity(str(out), str(data)),
+        "lambada": last_word(model, tokenizer, items), "machine": machine(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_s": round(time.time() - started, 1),
+    }
+    write_result(results, f"{variant}-s{seed}", result, out)
+
+
+def train_students(results: Path, seeds: list[int], variants: list[str],
+                   config_of: Callable[[str, int], Config], runs: Path, data: Path,
+                   items: list) -> None:
+    """Every variant for every seed, seed-major (complete seeds land first); finished students
+    (``results/VARIANT-sSEED.json``) are skipped."""
+    for seed in seeds:
+        for variant in variants:
+            name = f"{variant}-s{seed}"
+            if not (results / f"{name}.json").exists():
+                train_student(results, variant, seed, config_of(variant, seed), runs / name, data,
+                              items)
 
 
 def write_result(results: Path, name: str, result: dict, run_dir: Path) -> None:

@@ -24,13 +24,16 @@ def gpt2_bpe_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
-def cocomix(*args, cwd=None):
-    """Run the ``cocomix`` CLI in a subprocess."""
+def cocomix(*args, cwd=None, env_extra=None):
+    """Run the ``cocomix`` CLI in a subprocess (``env_extra``: variables added to its
+    environment)."""
+    import os
     import subprocess
     import sys
 
+    env = {**os.environ, **(env_extra or {})} if env_extra else None
     return subprocess.run([sys.executable, "-m", "cocomix_mlx.cli.app", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=600)
+                          capture_output=True, text=True, cwd=cwd, timeout=600, env=env)
 
 
 @pytest.fixture(scope="session")

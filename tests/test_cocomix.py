@@ -7,10 +7,10 @@ import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
 from cocomix_mlx.concepts import (activation_labels, activation_scores, attribution, attribution_labels,
-                                 concept_labels, concept_recall, residual_and_grad, sparse_top,
-                                 split_teacher)
+                                 concept_labels, concept_recall, residual_and_grad, sparse_top)
 from cocomix_mlx.config import ConceptConfig, ModelConfig
 from cocomix_mlx.models import build_model
+from cocomix_mlx.models.backbone import backbone
 from cocomix_mlx.models.sae import SAEConfig, TopKSAE
 from cocomix_mlx.objectives import cocomix as cocomix_objective
 
@@ -307,8 +307,11 @@ def tiny_llama(hidden_size: int, intermediate_size: int, vocab_size: int, seed: 
 def test_llama_teacher_split_matches_mlx_lm_forward():
     teacher = tiny_llama(64, 96, 97, seed=3)
     tokens = mx.array(np.random.default_rng(13).integers(0, 97, (2, 128)))
-    lower, upper, head = split_teacher(teacher, 1)
-    ours = head(upper(lower(tokens)))
+    bb = backbone(teacher)
+    h, upper = bb.split(tokens, 1)
+    ours = bb.head(upper(h))
+    np.testing.assert_allclose(np.array(bb.head(bb.hidden(tokens))), np.array(teacher(tokens)),
+                               atol=2e-5, rtol=1e-4)
     np.testing.assert_allclose(np.array(ours), np.array(teacher(tokens)), atol=2e-5, rtol=1e-4)
     h, g = residual_and_grad(teacher, tokens, 1)
     assert h.shape == (2, 128, 64) and np.abs(np.array(g)[:, -1]).max() == 0

@@ -53,8 +53,10 @@ def test_steering_changes_output_and_validates(tok_dir, tmp_path):
     plain = generate_tokens(model, tok, prompt, max_tokens=24)
     _, z = model(mx.array([prompt]), return_concepts=True)
     weakest = int(mx.argmin(z[0, -1]).item())  # never in the TopK unless forced
+    before = model(mx.array([prompt]))
     steered = generate_tokens(model, tok, prompt, max_tokens=24, steer={weakest: 10.0})
-    assert steered != plain and model.steering is None
+    assert steered != plain
+    assert mx.array_equal(model(mx.array([prompt])), before)  # the model itself is untouched
     only_prompt = generate_tokens(model, tok, prompt, max_tokens=24, steer={weakest: 10.0}, span="prompt")
     assert only_prompt[0] == steered[0]
     assert parse_steer(["3=2.5", "whale=-1"]) == {"3": 2.5, "whale": -1.0}
@@ -109,26 +111,29 @@ def test_cli_concepts_lists_top_predicted_concepts(tok_dir, tmp_path):
 def check_sae_steering(model, tok):
     """Steering latent j by alpha at block 1 equals adding (alpha - 1) z_j std W_dec[:, j] to
     that block's output, in the forward and in cached generation; alpha 1 changes nothing."""
-    from cocomix_mlx.concepts import split_teacher
-    from cocomix_mlx.generate import sae_steering
+    from cocomix_mlx.generate import steered
+    from cocomix_mlx.models.backbone import backbone
     from cocomix_mlx.models.sae import SAEConfig, TopKSAE
 
     sae = randomize(TopKSAE(SAEConfig(d=32, latents=48, k=6, layer=1)), 8)
     tokens = mx.array([tok.encode("the whale and the sea")])
-    lower, upper, head = split_teacher(model, 1)
-    h = lower(tokens)
+    bb = backbone(model)
+    h, upper = bb.split(tokens, 1)
+    head = bb.head
     z, (mu, std) = sae.encode(h, return_stats=True)
     j = int(mx.argmax(z[0, -1]).item())
-    with sae_steering(model, sae, 1, {j: 1.0}, tokens.shape[1]):
-        assert mx.abs(model(tokens) - head(upper(h))).max().item() < 1e-5
-    with sae_steering(model, sae, 1, {j: 3.0}, tokens.shape[1]):
-        steered = model(tokens)
+    same = steered(model, {j: 1.0}, tokens.shape[1], sae=sae)
+    assert mx.abs(same(tokens) - head(upper(h))).max().item() < 1e-5
+    boosted = steered(model, {j: 3.0}, tokens.shape[1], sae=sae)(tokens)
     expected = head(upper(h + 2.0 * z[..., j:j + 1] * std * sae.W_dec[:, j]))
-    assert mx.abs(steered - expected).max().item() < 1e-4
-    assert mx.abs(model(tokens) - head(upper(h))).max().item() < 1e-5  # block restored
+    assert mx.abs(boosted - expected).max().item() < 1e-4
+    assert mx.abs(model(tokens) - head(upper(h))).max().item() < 1e-5  # the model is untouched
     prompt = tok.encode("the ship")
     plain = generate_tokens(model, tok, prompt, max_tokens=16)
-    assert generate_tokens(model, tok, prompt, max_tokens=16, steer={j: -10.0}, sae=sae) != plain
+    out = generate_tokens(model, tok, prompt, max_tokens=16, steer={j: -10.0}, sae=sae)
+    assert out != plain
+    full = steered(model, {j: -10.0}, len(prompt), sae=sae)(mx.array([prompt + out]))
+    assert mx.argmax(full[0, len(prompt) - 1:-1], -1).tolist() == out  # cached = recomputed
     with pytest.raises(ConfigError):
         generate_tokens(model, tok, prompt, max_tokens=2, steer={48: 2.0}, sae=sae)
 
@@ -138,6 +143,13 @@ def test_sae_steering_of_a_plain_model(tok_dir, tmp_path):
     check_sae_steering(*saved(randomize(build_model(cfg), 7), tok_dir, tmp_path / "m"))
 
 
+def test_sae_steering_of_a_cocomix_model_below_its_insertion(tok_dir, tmp_path):
+    cfg = ModelConfig(vocab_size=320, n_positions=64, n_embd=32, n_layer=3, n_head=4)
+    concept = ConceptConfig(concept_dim=64, concept_num=4, insert_layer=2)
+    model = randomize(build_model(cfg, mode="cocomix", concept=concept), 7)
+    check_sae_steering(*saved(model, tok_dir, tmp_path / "m"))
+
+
 def test_sae_steering_of_an_mlx_lm_llama(tok_dir):
     from mlx_lm.utils import load_tokenizer
 
@@ -145,7 +157,7 @@ def test_sae_steering_of_an_mlx_lm_llama(tok_dir):
 
 
 def test_boosted_concept_makes_its_promoted_tokens_more_frequent(tok_dir, tmp_path):
-    from cocomix_mlx.generate import steering
+    from cocomix_mlx.generate import steered
 
     cfg = ModelConfig(vocab_size=320, n_positions=64, n_embd=32, n_layer=3, n_head=4)
     concept = ConceptConfig(concept_dim=64, concept_num=4, insert_layer=1)
@@ -155,8 +167,7 @@ def test_boosted_concept_makes_its_promoted_tokens_more_frequent(tok_dir, tmp_pa
     _, z = model(x, return_concepts=True)
     j = int(mx.argmin(z[0, -1]).item())
     plain_logits = model(x)[0, -1]
-    with steering(model, {j: 10.0}, len(prompt)):
-        boosted_logits = model(x)[0, -1]
+    boosted_logits = steered(model, {j: 10.0}, len(prompt))(x)[0, -1]
     promoted = set(np.argsort(-np.array(boosted_logits - plain_logits))[:16].tolist())
 
     def frequency(steer):

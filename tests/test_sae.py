@@ -46,6 +46,11 @@ def test_encode_decode_match_numpy(normalize):
     np.testing.assert_allclose(np.array(sae(mx.array(h))), rh, atol=1e-4)
     nonzero = (np.array(z) != 0).sum(-1)
     assert (nonzero <= 8).all() and (nonzero == 8).mean() > 0.9  # ReLU may zero a kept entry
+    if normalize:  # the standardized space only by asking for it, never by forgetting the stats
+        with pytest.raises(ValueError, match="standardizes its input"):
+            sae.decode(z, None)
+        mu, std = (np.array(a) for a in stats)
+        np.testing.assert_allclose(np.array(sae.decode_standardized(z)) * std + mu, rh, atol=1e-4)
 
 
 def test_exactly_k_active_when_preactivations_positive():
@@ -107,19 +112,21 @@ def sae_trainer(teacher_dir, data, out, **kw):
 def check_position_zero_left_out(teacher, sae, data):
     """evaluate_sae against a NumPy recomputation in which position 0 is neither measured nor
     replaced."""
-    from cocomix_mlx.concepts import context_length, split_teacher
+    from cocomix_mlx.models.backbone import backbone
     from cocomix_mlx.sae_analysis import _windows, evaluate_sae
 
     r = evaluate_sae(teacher, sae, 0, data, batches=1)
-    inputs, targets = _windows(data, "val", 8, min(128, context_length(teacher)), 1)[0]
-    lower, upper, head = split_teacher(teacher, 0)
-    h = np.array(lower(mx.array(inputs)), np.float64)
+    bb = backbone(teacher)
+    inputs, targets = _windows(data, "val", 8, min(128, bb.context), 1)[0]
+    h, upper = bb.split(mx.array(inputs), 0)
+    head = bb.head
+    h = np.array(h, np.float64)
     z, stats = sae.encode(mx.array(h[:, 1:], mx.float32), return_stats=True)
     recon = np.array(sae.decode(z, stats), np.float64)
     x, rx = h[:, 1:].reshape(-1, h.shape[-1]), recon.reshape(-1, h.shape[-1])
     assert r["fvu"] == pytest.approx(((rx - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum(), rel=1e-4)
     xn = (x - x.mean(-1, keepdims=True)) / (x.std(-1, ddof=1, keepdims=True) + 1e-5)
-    rn = np.array(sae.decode(z), np.float64).reshape(xn.shape)
+    rn = np.array(sae.decode_standardized(z), np.float64).reshape(xn.shape)
     assert r["fvu_normalized"] == pytest.approx(((rn - xn) ** 2).sum() / ((xn - xn.mean(0)) ** 2).sum(),
                                                 rel=1e-4)
 

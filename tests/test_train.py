@@ -10,9 +10,7 @@ import pytest
 
 from cocomix_mlx.checkpoint import load
 from cocomix_mlx.config import preset
-from cocomix_mlx.models import build_model
-from cocomix_mlx.objectives import build_objective
-from cocomix_mlx.trainer import Trainer
+from cocomix_mlx.runs import make_run
 
 from conftest import cocomix
 
@@ -29,8 +27,7 @@ def small_config(steps, **train):
 
 
 def make_trainer(cfg, data, out):
-    model = build_model(cfg.model, seed=cfg.train.seed, mode=cfg.train.mode, concept=cfg.concept)
-    return Trainer(cfg, model, build_objective(cfg), data, out)
+    return make_run(cfg, data, out, force=True)
 
 
 def unigram_entropy(data_dir):
@@ -70,8 +67,7 @@ def assert_resume_is_bit_exact(config, data, tmp_path):
 
     with pytest.raises(Stop):
         make_trainer(config(), data, tmp_path / "part").train(stop_after_save)
-    resumed = make_trainer(config(), data, tmp_path / "part")
-    resumed.resume()
+    resumed = make_run(config(), data, tmp_path / "part", resume=True)
     assert resumed.state.step == 3
     resumed.train()
     part = read_losses(tmp_path / "part")
@@ -151,3 +147,75 @@ def test_cli_refuses_to_overwrite_and_resumes(mobydick_data, tmp_path):
     r = cocomix("eval", "ppl", "--model", out, "--data", mobydick_data, "--seq-len", "32")
     assert r.returncode == 0, r.stderr
     assert math.isfinite(float(r.stdout.split("perplexity")[1].split()[0]))
+
+
+def test_make_run_guards_the_output_and_overrides_report_their_keys(mobydick_data, tmp_path):
+    from cocomix_mlx.config import apply_overrides
+    from cocomix_mlx.errors import ConfigError
+    from cocomix_mlx.runs import follow_sources
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="already exists"):
+        make_run(small_config(2), mobydick_data, out)
+    bad = small_config(2)
+    bad.train.mode = "nonsense"
+    with pytest.raises(ConfigError, match="unknown mode"):
+        make_run(bad, mobydick_data, out, force=True)
+    assert (out / "keep.txt").read_text() == "mine"  # a failed build replaces nothing
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        make_run(None, mobydick_data, tmp_path / "absent", resume=True)
+    with pytest.raises(ConfigError, match="exclude"):
+        make_run(small_config(2), mobydick_data, out, resume=True, force=True)
+    auto = make_run(small_config(2), mobydick_data, out, resume="auto")  # no checkpoint: afresh
+    assert auto.state.step == 0 and not out.exists()
+    auto.train()
+    again = make_run(small_config(4), mobydick_data, out, resume="auto")
+    assert again.state.step == 2 and again.cfg.train.steps == 4
+
+    cfg = small_config(2)
+    keys = apply_overrides(cfg, ["--lr", "1e-3", "--model.n_layer=3", "--concept-dim", "64"])
+    assert keys == {"train.lr", "model.n_layer", "concept.concept_dim"}
+    follow_sources(cfg, {"vocab_size": 777}, keys)
+    assert cfg.model.vocab_size == 777 and cfg.concept.concept_dim == 64
+    follow_sources(cfg, {"vocab_size": 555}, keys | {"model.vocab_size"})
+    assert cfg.model.vocab_size == 777
+
+
+def test_pretrain_help_lists_every_config_key_with_default_and_meaning():
+    import dataclasses
+
+    from cocomix_mlx.config import SECTIONS, Config, describe_keys
+
+    rows = describe_keys()
+    cfg = Config()
+    every = {f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(getattr(cfg, s))}
+    assert {key for key, _, _ in rows} == every  # a new field without a meaning fails here
+    for key, default, meaning in rows:
+        section, name = key.split(".")
+        assert str(getattr(getattr(cfg, section), name)) in default.replace('"', "") or \
+            float(default) == getattr(getattr(cfg, section), name)
+        assert meaning
+    r = cocomix("pretrain", "--help", env_extra={"COLUMNS": "200"})
+    assert r.returncode == 0
+    for key, default, meaning in rows:
+        assert f"--{key} [{default}]  {meaning}" in r.stdout
+
+
+@pytest.mark.parametrize("mode,mixing", [("ntp", "interleave"), ("cocomix", "interleave"),
+                                         ("cocomix", "add"), ("pause", "interleave")])
+def test_a_checkpoint_config_reads_back_as_the_config_that_builds_it(mode, mixing):
+    from cocomix_mlx.config import ConceptConfig, ModelConfig
+    from cocomix_mlx.errors import ConfigError
+    from cocomix_mlx.models import build_model, config_from_hf, hf_config
+
+    concept = ConceptConfig(concept_dim=96, concept_num=5, insert_layer=1, mixing=mixing)
+    model = build_model(ModelConfig(vocab_size=300, n_positions=48, n_embd=32, n_layer=3,
+                                    n_head=4, dropout=0.1), mode=mode, concept=concept)
+    cfg = config_from_hf(hf_config(model))
+    assert cfg.train.mode == mode
+    again = build_model(cfg.model, mode=cfg.train.mode, concept=cfg.concept)
+    assert again.args == model.args and hf_config(again) == hf_config(model)
+    with pytest.raises(ConfigError, match="GPT-2"):
+        config_from_hf({"model_type": "llama"})

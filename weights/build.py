@@ -22,13 +22,11 @@ from cocomix_mlx.checkpoint import load_model, write_model_files
 from cocomix_mlx.config import preset
 from cocomix_mlx.data import prepare
 from cocomix_mlx.evaluate import perplexity
-from cocomix_mlx.models import build_model
 from cocomix_mlx.models.sae import load_sae, save_sae
-from cocomix_mlx.objectives import build_objective
+from cocomix_mlx.runs import make_run
 from cocomix_mlx.sae_analysis import describe, evaluate_sae
 from cocomix_mlx.sae_trainer import SAETrainConfig, SAETrainer
 from cocomix_mlx.tokenizer import load_tokenizer, train_tokenizer
-from cocomix_mlx.trainer import Trainer
 
 HERE = Path(__file__).resolve().parent
 FILES = ["austen.txt.gz", "mobydick.txt.gz", "kjv.txt.gz", "devil.txt.gz", "fortunes.txt.gz",
@@ -52,8 +50,7 @@ def config(d: int, steps: int, vocab: int, mode: str = "ntp"):
 
 
 def train(cfg, data: Path, out: Path) -> None:
-    model = build_model(cfg.model, seed=cfg.train.seed, mode=cfg.train.mode, concept=cfg.concept)
-    Trainer(cfg, model, build_objective(cfg), data, out).train()
+    make_run(cfg, data, out, force=True).train()
 
 
 def ship(src: Path, name: str) -> dict:

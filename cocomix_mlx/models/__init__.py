@@ -6,7 +6,8 @@ from typing import Any
 
 import mlx.nn as nn
 
-from ..config import ConceptConfig, ModelConfig
+from ..config import ConceptConfig, Config, ModelConfig
+from ..errors import ConfigError
 from . import cocomix, gpt2
 
 
@@ -36,8 +37,6 @@ def build_model(cfg: ModelConfig, seed: int = 0, mode: str = "ntp",
         try:
             args = cocomix_args(cfg, concept or ConceptConfig(), pause=mode == "pause")
         except ValueError as e:
-            from ..errors import ConfigError
-
             raise ConfigError(str(e)) from None
         model = cocomix.Model(args)
     else:
@@ -63,8 +62,28 @@ def hf_config(model: nn.Module) -> dict[str, Any]:
         "layer_norm_epsilon": a.layer_norm_epsilon, "embd_pdrop": a.embd_pdrop,
         "attn_pdrop": a.attn_pdrop, "resid_pdrop": a.resid_pdrop,
         "activation_function": "gelu_new", "tie_word_embeddings": True,
-        **({"cocomix": a.cocomix_block()} if hasattr(a, "cocomix_block") else {}),
+        **({"cocomix": a.cocomix_block()} if isinstance(a, cocomix.ModelArgs) else {}),
     }
+
+
+def config_from_hf(config: dict[str, Any]) -> Config:
+    """The :class:`config.Config` whose model (and concept architecture) :func:`build_model`
+    turns into the model of a checkpoint's ``config.json`` — the inverse of :func:`hf_config`;
+    ``train.mode`` is ``cocomix`` / ``pause`` for a CoCoMix checkpoint, else ``ntp``."""
+    if config.get("model_type") != "gpt2":
+        raise ConfigError(f"only GPT-2-family checkpoints carry a training config, not "
+                          f"{config.get('model_type')!r}")
+    cfg = Config()
+    m = cfg.model
+    for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "layer_norm_epsilon"):
+        setattr(m, name, config[name])
+    m.dropout = config.get("resid_pdrop", 0.0)
+    block = config.get("cocomix")
+    if block:
+        cfg.train.mode = "pause" if block.get("pause") else "cocomix"
+        for name in ("concept_dim", "concept_num", "insert_layer", "mixing"):
+            setattr(cfg.concept, name, block[name])
+    return cfg
 
 
 def model_classes(config: dict[str, Any]):
@@ -73,6 +92,6 @@ def model_classes(config: dict[str, Any]):
         return cocomix.Model, cocomix.ModelArgs
     if config.get("model_type") == "gpt2":
         return gpt2.Model, gpt2.ModelArgs
-    from mlx_lm.utils import _get_classes
+    from ..compat import model_classes as mlx_lm_classes
 
-    return _get_classes(config)
+    return mlx_lm_classes(config)

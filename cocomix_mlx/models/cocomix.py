@@ -1,5 +1,5 @@
 """CoCoMix language model: GPT-2 plus a concept head whose compressed continuous concept is
-interleaved with the token hidden states (DESIGN §2), and the paper's pause baseline.
+interleaved with the token hidden states (docs/semantics.md), and the paper's pause baseline.
 
 Before block ``insert_layer`` (0-based), for the residual ``h`` (B, T, d):
 
@@ -21,7 +21,6 @@ from typing import Any, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import KVCache
 
 from ..ops import SMALL, standardize, topk_indices
 from . import gpt2
@@ -78,12 +77,9 @@ def concept_slots(h: mx.array) -> mx.array:
     return h.reshape(B, T2 // 2, 2, d)[:, :, 1]
 
 
-class Model(nn.Module):
+class Model(gpt2.TiedLM):
     def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        self.model_type = args.model_type
-        self.model = gpt2.GPT2Model(args)
+        super().__init__(args)
         d = args.n_embd
         if args.pause:
             self.pause = mx.zeros((d,))
@@ -91,31 +87,30 @@ class Model(nn.Module):
             self.pre_bias = mx.zeros((d,))
             self.concept_predictor = nn.Linear(d, args.concept_dim)
             self.compress_layer = nn.Linear(args.concept_dim, d)
-        self.steering: Optional[Steering] = None
 
     @property
     def interleaves(self) -> bool:
         return self.args.pause or self.args.mixing == "interleave"
 
-    # ---- DESIGN §2 steps 1-3 ----------------------------------------------------------------
+    # ---- docs/semantics.md, steps 1-3 ----------------------------------------------------------------
     def predict_concepts(self, h: mx.array) -> tuple[mx.array, mx.array, mx.array]:
         """Step 1: concept logits ``z`` (B, T, C) of the residual ``h``, with ``mu`` and ``std``."""
         x, mu, std = standardize(h)
         return self.concept_predictor(x - self.pre_bias), mu, std
 
-    def select_concepts(self, z: mx.array,
-                        positions: Optional[mx.array] = None) -> tuple[mx.array, mx.array]:
+    def select_concepts(self, z: mx.array, positions: Optional[mx.array] = None,
+                        steering: Optional[Steering] = None) -> tuple[mx.array, mx.array]:
         """Step 2: the top-k raw concept logits, as ``(index, values)`` (..., k); the rest are 0.
 
-        With :attr:`steering` set (``Steering``), the chosen concepts' logits are multiplied by
-        their factors at the steered positions, and a boosted concept (factor > 0) is forced
-        into the top-k there. The gradient reaches exactly the kept entries.
+        With ``steering``, the chosen concepts' logits are multiplied by their factors at the
+        steered ``positions``, and a boosted concept (factor > 0) is forced into the top-k
+        there. The gradient reaches exactly the kept entries.
         """
         k = self.args.concept_num
-        if self.steering is None:
+        if steering is None:
             idx = topk_indices(z, k)
             return idx, mx.take_along_axis(z, idx, -1)
-        st = self.steering
+        st = steering
         C = z.shape[-1]
         scale = mx.ones((C,), z.dtype).at[st.index].multiply(st.alpha.astype(z.dtype))
         force = mx.zeros((C,), z.dtype).at[st.index].add(
@@ -145,48 +140,45 @@ class Model(nn.Module):
         return (c + self.pre_bias) * std + mu
 
     # ---- forward ------------------------------------------------------------------------------
-    def _token_offset(self, cache) -> int:
+    def token_offset(self, cache) -> int:
+        """Position of the next token given the cache (slots count twice when block 0 already
+        runs over interleaved slots)."""
         offset = gpt2.cache_offset(cache)
         return offset // 2 if self.interleaves and self.args.insert_layer == 0 else offset
 
-    def hidden_states(self, inputs: mx.array, cache=None, return_concepts: bool = False):
-        """Final hidden states (B, T, d) after ``ln_f`` (and the concept logits if asked)."""
-        m, a = self.model, self.args
-        offset = self._token_offset(cache)
-        h = m.embed(inputs, offset)
-        h = m.run_blocks(h, 0, a.insert_layer, cache)
-        z = None
-        if a.pause:
-            c = self.pause.astype(h.dtype)
+    def mix(self, h: mx.array, offset: int = 0,
+            steering: Optional[Steering] = None) -> tuple[mx.array, Optional[mx.array]]:
+        """Steps 1-4 at the insertion point: the stream the blocks from ``insert_layer`` on run
+        over (interleaved (B, 2T, d), or (B, T, d) for ``add`` / ``none``), and the concept
+        logits ``z`` (None for pause). ``offset`` is the first token's position."""
+        if self.args.pause:
+            c, z = self.pause.astype(h.dtype), None
         else:
             z, mu, std = self.predict_concepts(h)
-            positions = mx.arange(offset, offset + inputs.shape[1])
-            c = self.compress(*self.select_concepts(z, positions), mu, std)
+            positions = mx.arange(offset, offset + h.shape[1])
+            c = self.compress(*self.select_concepts(z, positions, steering), mu, std)
         if self.interleaves:
-            h = interleave(h, c)
-        elif a.mixing == "add":
-            h = h + c
-        h = m.run_blocks(h, a.insert_layer, a.n_layer, cache)
-        if self.interleaves:
-            h = concept_slots(h)
-        h = m.ln_f(h)
+            return interleave(h, c), z
+        return (h + c if self.args.mixing == "add" else h), z
+
+    def readout(self, h: mx.array) -> mx.array:
+        """Step 5: the final hidden states of the stream after the last block (its concept slots
+        when interleaved), through ``ln_f``."""
+        return self.model.ln_f(concept_slots(h) if self.interleaves else h)
+
+    def hidden_states(self, inputs: mx.array, cache=None, return_concepts: bool = False,
+                      steering: Optional[Steering] = None):
+        """Final hidden states (B, T, d) after ``ln_f`` (and the concept logits if asked)."""
+        m, a = self.model, self.args
+        offset = self.token_offset(cache)
+        h = m.run_blocks(m.embed(inputs, offset), 0, a.insert_layer, cache)
+        h, z = self.mix(h, offset, steering)
+        h = self.readout(m.run_blocks(h, a.insert_layer, a.n_layer, cache))
         return (h, z) if return_concepts else h
 
-    def logits(self, h: mx.array) -> mx.array:
-        return self.model.wte.as_linear(h)
-
-    def __call__(self, inputs: mx.array, cache=None, return_concepts: bool = False):
-        h, z = self.hidden_states(inputs, cache, return_concepts=True)
+    def __call__(self, inputs: mx.array, cache=None, return_concepts: bool = False,
+                 steering: Optional[Steering] = None):
+        h, z = self.hidden_states(inputs, cache, True, steering)
         logits = self.logits(h)
         return (logits, z) if return_concepts else logits
 
-    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
-        return {k: v for k, v in weights.items()
-                if not (k.endswith(".attn.bias") or k.endswith(".attn.masked_bias"))}
-
-    @property
-    def layers(self):
-        return self.model.h
-
-    def make_cache(self):
-        return [KVCache() for _ in self.model.h]

@@ -124,8 +124,9 @@ def cache_offset(cache) -> int:
     return cache[0].offset if cache is not None and cache[0] is not None else 0
 
 
-class Model(nn.Module):
-    """GPT-2 language model with the head tied to ``wte``."""
+class TiedLM(nn.Module):
+    """What every GPT-2-shaped language model here shares: the backbone, the head tied to
+    ``wte``, mlx-lm's loading hooks and KV caches."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -133,18 +134,8 @@ class Model(nn.Module):
         self.model_type = args.model_type
         self.model = GPT2Model(args)
 
-    def hidden_states(self, inputs: mx.array, cache=None, stop: int | None = None) -> mx.array:
-        """Residual stream after block ``stop - 1`` (all blocks and ``ln_f`` when ``stop`` is None)."""
-        m = self.model
-        h = m.embed(inputs, cache_offset(cache))
-        h = m.run_blocks(h, 0, len(m.h) if stop is None else stop, cache)
-        return m.ln_f(h) if stop is None else h
-
     def logits(self, h: mx.array) -> mx.array:
         return self.model.wte.as_linear(h)
-
-    def __call__(self, inputs: mx.array, cache=None) -> mx.array:
-        return self.logits(self.hidden_states(inputs, cache))
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Accept our own keys unchanged; drop HF's causal-mask buffers."""
@@ -157,6 +148,18 @@ class Model(nn.Module):
 
     def make_cache(self):
         return [KVCache() for _ in self.model.h]
+
+
+class Model(TiedLM):
+    """GPT-2 language model."""
+
+    def hidden_states(self, inputs: mx.array, cache=None) -> mx.array:
+        """Final hidden states (B, T, d) after ``ln_f``."""
+        m = self.model
+        return m.ln_f(m.run_blocks(m.embed(inputs, cache_offset(cache)), 0, len(m.h), cache))
+
+    def __call__(self, inputs: mx.array, cache=None) -> mx.array:
+        return self.logits(self.hidden_states(inputs, cache))
 
 
 def init_weights(model: nn.Module, n_layer: int, seed: int = 0) -> None:

@@ -86,9 +86,18 @@ class TopKSAE(nn.Module):
         their values."""
         return self.select(self.pre_activations(self.preprocess(h)[0]))
 
-    def decode(self, z: mx.array, stats: Stats = None) -> mx.array:
-        """z W_dᵀ + pre_bias, de-standardized with ``stats`` when given (else normalized space)."""
-        return self.destandardize(self.decoder(z) + self.pre_bias, stats)
+    def decode(self, z: mx.array, stats: Stats) -> mx.array:
+        """The reconstruction in the space of the input ``z`` was encoded from: ``stats`` are the
+        ones ``encode(h, return_stats=True)`` returned with ``z`` (None only for an SAE that does
+        not standardize). :meth:`decode_standardized` gives the standardized space."""
+        if self.cfg.normalize and stats is None:
+            raise ValueError("this SAE standardizes its input: pass the stats encode(h, "
+                             "return_stats=True) returned, or call decode_standardized(z)")
+        return self.destandardize(self.decode_standardized(z), stats)
+
+    def decode_standardized(self, z: mx.array) -> mx.array:
+        """``z W_dᵀ + pre_bias``: the reconstruction of the standardized input."""
+        return self.decoder(z) + self.pre_bias
 
     @staticmethod
     def destandardize(x: mx.array, stats: Stats) -> mx.array:

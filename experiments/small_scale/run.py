@@ -19,19 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import (CORPUS, machine, n_params, read_toml, run_stages, run_trainer,  # noqa: E402
-                    widen, write_result)
+from common import (CORPUS, n_params, read_toml, run_stages, run_trainer, train_students,  # noqa: E402
+                    widen)
 
-import cocomix_mlx as cm  # noqa: E402
 from cocomix_mlx.config import Config, apply_overrides, from_dict, load_toml  # noqa: E402
-from cocomix_mlx.data import iter_chunks, prepare  # noqa: E402
-from cocomix_mlx.evaluate import last_word, last_word_items, perplexity  # noqa: E402
-from cocomix_mlx.models import num_parameters  # noqa: E402
+from cocomix_mlx.data import prepare  # noqa: E402
+from cocomix_mlx.evaluate import last_word_items, perplexity  # noqa: E402
+from cocomix_mlx.text import iter_chunks  # noqa: E402
 from cocomix_mlx.tokenizer import train_tokenizer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -60,9 +58,10 @@ def stage_teacher(work: Path) -> None:
         return
     cfg = load_toml(CONFIGS / "teacher.toml")
     run_trainer(cfg, work / "teacher", work / "data")
-    result = {"val": perplexity(str(work / "teacher"), str(work / "data")),
-              "tokens": cfg.train.steps * cfg.train.batch_size * cfg.train.seq_len}
-    (RESULTS / "teacher.json").write_text(json.dumps(result, indent=1) + "\n")
+    if not (RESULTS / "teacher.json").exists():  # the figure of the teacher the results used
+        result = {"val": perplexity(str(work / "teacher"), str(work / "data")),
+                  "tokens": cfg.train.steps * cfg.train.batch_size * cfg.train.seq_len}
+        (RESULTS / "teacher.json").write_text(json.dumps(result, indent=1) + "\n")
     (work / "teacher" / "done").touch()
 
 
@@ -105,25 +104,8 @@ def student_config(variant: str, seed: int, work: Path) -> Config:
 def stage_students(work: Path, seeds: list[int], variants: list[str]) -> None:
     heldout = (work / "heldout.txt").read_text(encoding="utf-8")
     items = last_word_items(heldout, LAMBADA_ITEMS)
-    for seed in seeds:
-        for variant in variants:
-            name = f"{variant}-s{seed}"
-            if (RESULTS / f"{name}.json").exists():
-                continue
-            cfg = student_config(variant, seed, work)
-            out = work / "runs" / name
-            started = time.time()
-            elapsed = run_trainer(cfg, out, work / "data")
-            model, tokenizer = cm.load(out)
-            result = {
-                "variant": variant, "seed": seed, "n_embd": cfg.model.n_embd,
-                "params": num_parameters(model), "tokens": cfg.train.steps * cfg.train.batch_size
-                * cfg.train.seq_len, "train_s": round(elapsed, 1),
-                "val": perplexity(str(out), str(work / "data")),
-                "lambada": last_word(model, tokenizer, items), "machine": machine(),
-                "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_s": round(time.time() - started, 1),
-            }
-            write_result(RESULTS, name, result, out)
+    train_students(RESULTS, seeds, variants, lambda v, s: student_config(v, s, work),
+                   work / "runs", work / "data", items)
 
 
 def main() -> None:

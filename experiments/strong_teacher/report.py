@@ -117,6 +117,13 @@ def trend_table(runs) -> str:
 
 def stores() -> str:
     out = []
+    own = RESULTS / "own_teacher.json"
+    if own.exists():
+        r = json.loads(own.read_text())
+        q = r["sae"]
+        out.append(f"- own small teacher: validation perplexity {r['teacher_val']['ppl']:.1f}; "
+                   f"its SAE: FVU {q['fvu']:.3f}, dead {100 * q['dead_fraction']:.1f}%, "
+                   f"Δ loss {q['delta_loss']:+.3f} nats")
     for name, label in (("smol", "SmolLM2-135M"), ("own", "own small teacher")):
         path = HERE / "work" / f"labels-{name}" / "meta.json"
         if path.exists():
@@ -161,6 +168,10 @@ def plot(runs, path: Path) -> None:
 
 def report() -> None:
     runs = load_runs(RESULTS)
+    if not runs:
+        write_generated(HERE / "RESULTS.md", "\n\n".join(p for p in ("No student has finished "
+                                                                      "yet.", stores()) if p))
+        return
     machines = sorted({r["machine"] for v in runs.values() for r in v.values()})
     body = "\n\n".join(p for p in (table(runs), stores(), "\n".join(f"- machine: {m}" for m in machines),
                                    trend_table(runs)) if p)

@@ -34,16 +34,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import (machine, n_params, read_toml, run_stages, run_trainer, widen,  # noqa: E402
-                    write_result)
+from common import n_params, read_toml, run_stages, train_students, widen  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 import cocomix_mlx as cm  # noqa: E402
 from cocomix_mlx.config import Config, apply_overrides, from_dict  # noqa: E402
-from cocomix_mlx.evaluate import last_word, last_word_items, perplexity  # noqa: E402
+from cocomix_mlx.evaluate import last_word_items  # noqa: E402
 from cocomix_mlx.labels import BuildConfig  # noqa: E402
-from cocomix_mlx.models import num_parameters  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
@@ -120,6 +118,19 @@ def stage_own(work: Path, small_work: Path) -> None:
     ss.stage_sae(small_work)
     spec = read_toml(CONFIGS / "study.toml")["own"]
     build_store(small_work / "teacher", small_work / "sae", work / "data", work / "labels-own", spec)
+    record = RESULTS / "own_teacher.json"
+    if not record.exists():  # the own teacher and SAE this study used (rebuilt ones may differ)
+        from cocomix_mlx.checkpoint import load_model
+        from cocomix_mlx.evaluate import perplexity
+        from cocomix_mlx.models.sae import load_sae
+        from cocomix_mlx.sae_analysis import evaluate_sae
+
+        teacher, _ = load_model(small_work / "teacher")
+        sae = load_sae(small_work / "sae")
+        quality = evaluate_sae(teacher, sae, sae.cfg.layer, work / "data", batches=50)
+        record.write_text(json.dumps({"teacher_val": perplexity(str(small_work / "teacher"),
+                                                                str(work / "data")),
+                                      "sae": quality}, indent=1, default=float) + "\n")
 
 
 def stage_smol(work: Path, sae: Path) -> None:
@@ -152,26 +163,8 @@ def student_config(variant: str, seed: int, work: Path) -> Config:
 def stage_students(work: Path, small_work: Path, seeds: list[int], variants: list[str]) -> None:
     items = last_word_items((small_work / "heldout.txt").read_text(encoding="utf-8"),
                             LAMBADA_ITEMS)
-    for seed in seeds:
-        for variant in variants:
-            name = f"{variant}-s{seed}"
-            if (RESULTS / f"{name}.json").exists():
-                continue
-            cfg = student_config(variant, seed, work)
-            out = work / "runs" / name
-            started = time.time()
-            elapsed = run_trainer(cfg, out, work / "data")
-            model, tokenizer = cm.load(out)
-            result = {
-                "variant": variant, "seed": seed, "n_embd": cfg.model.n_embd,
-                "params": num_parameters(model), "tokens": cfg.train.steps * cfg.train.batch_size
-                * cfg.train.seq_len, "train_s": round(elapsed, 1),
-                "val": perplexity(str(out), str(work / "data")),
-                "lambada": last_word(model, tokenizer, items),
-                "machine": machine(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "wall_s": round(time.time() - started, 1),
-            }
-            write_result(RESULTS, name, result, out)
+    train_students(RESULTS, seeds, variants, lambda v, s: student_config(v, s, work),
+                   work / "runs", work / "data", items)
 
 
 def main() -> None:

@@ -1,0 +1,103 @@
+"""Files written so that a crash never leaves half of them: directories built beside their
+target and swapped in with renames, JSON through a renamed temporary, safetensors. A leaf module:
+it imports nothing else of the package but its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from .errors import CheckpointError, ConfigError
+
+
+def _old_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def refuse_existing(path: str | Path, force: bool, empty_ok: bool = False) -> None:
+    """The one guard of every writer: an existing output (a non-empty one, with ``empty_ok``)
+    is replaced only with ``--force``."""
+    path = Path(path)
+    if path.exists() and not force and not (empty_ok and path.is_dir() and
+                                            not any(path.iterdir())):
+        raise ConfigError(f"{path} already exists; pass --force to replace it or choose another "
+                          "output")
+
+
+def recover(path: str | Path) -> Path:
+    """If a crash happened between the two renames of a save, put the old checkpoint back."""
+    path = Path(path)
+    old = _old_path(path)
+    if not path.exists() and old.exists():
+        old.rename(path)
+    elif path.exists() and old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def atomic_directory(path: str | Path, write, overwrite: bool = True) -> Path:
+    """Call ``write(tmp_dir)`` and move the result to ``path`` in one swap.
+
+    A failure inside ``write`` removes the temporary directory and leaves ``path`` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path} already exists; choose another output or pass --force")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        write(tmp)
+        swap_in(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def swap_in(src: Path, path: Path) -> None:
+    """Move the finished directory ``src`` to ``path``, replacing what is there with two renames
+    (:func:`recover` restores the old one if a crash falls between them)."""
+    recover(path)
+    if path.exists():
+        old = _old_path(path)
+        path.rename(old)
+        src.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        src.rename(path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON, atomically (a temporary sibling renamed over ``path``)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"missing {path}; is this a cocomix checkpoint directory?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"corrupt {path}: {e}") from None
+
+
+def save_weights(path: Path, tree: Any) -> None:
+    mx.save_safetensors(str(path), dict(tree_flatten(tree)), metadata={"format": "mlx"})
+
+
+def load_weights(path: Path) -> dict[str, mx.array]:
+    try:
+        return mx.load(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"missing {path}") from None
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path} ({e}); the file is corrupt or truncated") from None
