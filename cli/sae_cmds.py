@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from cocomix_mlx.data import check_tokenizer
+
 from .common import console, fail, print_result, step_progress, warn_if_slow_blas
 
 sae_app = typer.Typer(no_args_is_help=True, help="Train, evaluate and describe TopK SAEs.")
@@ -53,6 +55,7 @@ def sae_train(
                              batch_tokens=batch_tokens, lr=lr, decay_fraction=lr_decay,
                              buffer_steps=buffer_steps, reuse=reuse, seed=seed,
                              save_every=save_every)
+    check_tokenizer(teacher, data)
     model, _ = load_model(teacher)
     model.eval()
     trainer = SAETrainer(cfg, model, data, out, teacher_name=str(teacher))
@@ -100,6 +103,7 @@ def sae_eval(
     """FVU, L0, dead latents and the teacher's loss increase with the SAE spliced in."""
     from cocomix_mlx.sae_analysis import evaluate_sae
 
+    check_tokenizer(teacher, data)
     model, _, net, layer = _load(sae, teacher, layer)
     r = evaluate_sae(model, net, layer, data, batches=batches)
     print_result(r, as_json, f"FVU {r['fvu']:.4f} (standardized input {r['fvu_normalized']:.4f})"
@@ -121,6 +125,7 @@ def sae_describe(
     from cocomix_mlx.sae_analysis import describe
 
     refuse_existing(out, force)
+    check_tokenizer(teacher, data)
     model, tokenizer, net, layer = _load(sae, teacher, layer)
     result = describe(model, tokenizer, net, layer, data, batches=batches)
     write_json(out, result)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import re
 import sys
 from dataclasses import dataclass, field, fields
@@ -88,6 +89,40 @@ class ConceptConfig:
 
 SECTIONS = ("model", "train", "concept")
 _FIELD = re.compile(r"^    (\w+): [^=]+= (.+?)  # (.+)$")
+
+
+# (key, low, high, what): the range each number must lie in; None leaves a side open. A value
+# outside it (NaN and infinities included) is refused before anything runs.
+_RANGES = [
+    ("model.vocab_size", 1, None, "positive"), ("model.n_positions", 1, None, "positive"),
+    ("model.n_embd", 1, None, "positive"), ("model.n_layer", 1, None, "positive"),
+    ("model.n_head", 1, None, "positive"), ("model.layer_norm_epsilon", 0, None, ">= 0"),
+    ("model.dropout", 0, 0.999, "in [0, 1)"),
+    ("train.seq_len", 1, None, "positive"), ("train.batch_size", 1, None, "positive"),
+    ("train.grad_accum", 1, None, "positive"), ("train.steps", 1, None, "positive"),
+    ("train.lr", 1e-12, 10.0, "in (0, 10]"), ("train.min_lr_ratio", 0, 1, "in [0, 1]"),
+    ("train.warmup_steps", -1, None, ">= -1"), ("train.weight_decay", 0, 10, "in [0, 10]"),
+    ("train.beta1", 0, 0.999999, "in [0, 1)"), ("train.beta2", 0, 0.999999, "in [0, 1)"),
+    ("train.eps", 1e-30, 1, "in (0, 1]"), ("train.grad_clip", 0, None, ">= 0 (0: off)"),
+    ("train.eval_every", 0, None, ">= 0"), ("train.eval_batches", 0, None, ">= 0"),
+    ("train.save_every", 0, None, ">= 0"), ("train.log_every", 1, None, "positive"),
+    ("concept.concept_dim", 1, None, "positive"), ("concept.concept_num", 1, None, "positive"),
+    ("concept.insert_layer", 0, None, ">= 0"), ("concept.sae_layer", 0, None, ">= 0"),
+    ("concept.k_attr", 1, None, "positive"), ("concept.lam", 0, 1e6, "in [0, 1e6]"),
+    ("concept.kd_weight", 0, 1e6, "in [0, 1e6]"),
+]
+
+
+def validate(cfg: Config) -> Config:
+    """Refuse settings no run can use (a NaN or infinite learning rate, zero steps, ...) with a
+    one-line error naming the key."""
+    for key, low, high, what in _RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not (math.isfinite(value) and (low is None or value >= low) and
+                (high is None or value <= high)):
+            raise ConfigError(f"{key} must be {what}, not {value}")
+    return cfg
 
 
 def describe_keys() -> list[tuple[str, str, str]]:

@@ -85,6 +85,20 @@ def check_vocab(meta: dict, model_vocab_size: int) -> None:
                         f"the model has {model_vocab_size}; use the same tokenizer for both")
 
 
+def check_tokenizer(model_dir: str | Path, data_dir: str | Path) -> None:
+    """Refuse data tokenized by another tokenizer than the model's (when both directories
+    carry one): the same ids must mean the same tokens."""
+    from .tokenizer import has_tokenizer, load_tokenizer
+
+    ours = Path(data_dir) / "tokenizer"
+    if not (has_tokenizer(model_dir) and has_tokenizer(ours)):
+        return
+    model_tok, data_tok = load_tokenizer(model_dir), load_tokenizer(ours)
+    if model_tok.identity != data_tok.identity and model_tok.vocab() != data_tok.vocab():
+        raise DataError(f"{data_dir} was tokenized with another tokenizer than {model_dir}'s; "
+                        f"prepare the data again with --tokenizer {model_dir}")
+
+
 class TokenDataset:
     """A memory-mapped token shard with deterministic training and evaluation batches."""
 

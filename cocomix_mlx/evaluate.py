@@ -10,7 +10,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from .checkpoint import load_model
-from .data import TokenDataset, check_vocab, load_meta
+from .data import TokenDataset, check_tokenizer, check_vocab, load_meta
 from .errors import ConfigError, DataError
 from .models.backbone import backbone
 from .ops import head_cross_entropy
@@ -24,7 +24,8 @@ def perplexity(model_dir: str, data_dir: str, seq_len: int = 0, batch_size: int 
     model, config = load_model(model_dir)
     model.eval()
     bb = backbone(model)
-    check_vocab(load_meta(data_dir), config["vocab_size"])
+    check_vocab(load_meta(data_dir), bb.vocab)
+    check_tokenizer(model_dir, data_dir)
     context = bb.context
     seq_len = seq_len or context
     if seq_len > context:

@@ -17,6 +17,15 @@ METRICS = "metrics.jsonl"
 STATE = "trainer_state.json"
 
 
+def largest_magnitude(tree) -> float:
+    """The largest magnitude among the arrays of ``tree`` (NaN if any entry is NaN): checked
+    before a save, so a checkpoint never holds weights an update broke."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    return mx.max(mx.stack([mx.abs(a).max() for _, a in tree_flatten(tree)])).item()
+
+
 class RunDirectory:
     """``path`` as a run directory; ``writer`` is False on the processes that only read it."""
 
@@ -78,9 +87,9 @@ class RunDirectory:
                 if line.strip() and json.loads(line).get("step", 0) <= step]
         path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
-    def check_finite(self, loss: float, step: int, hint: str) -> None:
-        """Stop a diverged run, keeping its last checkpoint."""
-        if not math.isfinite(loss):
+    def check_finite(self, value: float, step: int, hint: str, what: str = "loss") -> None:
+        """Stop a diverged run before it saves, keeping its last checkpoint."""
+        if not math.isfinite(value):
             kept = (f"the last good checkpoint in {self.path} is kept" if self.has_checkpoint()
                     else "no checkpoint was saved yet")
-            raise TrainingDiverged(f"loss became {loss} at step {step}; {kept}; {hint}")
+            raise TrainingDiverged(f"{what} became {value} at step {step}; {kept}; {hint}")

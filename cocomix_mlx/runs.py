@@ -9,7 +9,7 @@ from typing import Optional, Union
 
 import mlx.nn as nn
 
-from .config import Config
+from .config import Config, validate
 from .data import load_meta
 from .errors import ConfigError
 from .rundir import RunDirectory
@@ -68,6 +68,7 @@ def make_run(cfg: Optional[Config], data_dir: str | Path, out_dir: str | Path,
         cfg = cfg or resumed_config(out)
     if cfg is None:
         raise ConfigError("a new run needs a config")
+    validate(cfg)
     objective = build_objective(cfg, load_meta(data_dir))
     if model is None:
         model = build_model(cfg.model, seed=cfg.train.seed, mode=cfg.train.mode,

@@ -11,7 +11,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .concepts import check_sae
-from .data import TokenDataset
+from .data import TokenDataset, check_vocab, load_meta
 from .errors import DataError
 from .models.backbone import backbone
 from .ops import cross_entropy
@@ -42,6 +42,7 @@ def evaluate_sae(teacher: nn.Module, sae, layer: int, data_dir: str | Path, batc
     check_sae(teacher, sae)
     bb = backbone(teacher)
     bb.check_layer(layer)
+    check_vocab(load_meta(data_dir), bb.vocab)
     seq_len = min(seq_len, bb.context)
 
     @mx.compile
@@ -99,6 +100,7 @@ def describe(teacher: nn.Module, tokenizer, sae, layer: int, data_dir: str | Pat
     check_sae(teacher, sae)
     bb = backbone(teacher)
     bb.check_layer(layer)
+    check_vocab(load_meta(data_dir), bb.vocab)
     seq_len = min(seq_len, bb.context)
     encode = mx.compile(lambda tokens: sae.encode(bb.residual(tokens, layer).astype(mx.float32)))
     C = sae.cfg.latents

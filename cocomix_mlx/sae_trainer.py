@@ -25,12 +25,12 @@ import numpy as np
 from mlx.utils import tree_unflatten
 
 from . import files
-from .data import TokenDataset
+from .data import TokenDataset, check_vocab, load_meta
 from .errors import CheckpointError, ConfigError
 from .models.backbone import backbone
 from .models.sae import SAEConfig, TopKSAE, load_sae, save_sae
 from .ops import topk_indices
-from .rundir import RunDirectory
+from .rundir import RunDirectory, largest_magnitude
 
 
 @dataclass
@@ -218,6 +218,7 @@ class SAETrainer:
         self.run_dir = RunDirectory(self.out_dir)
         bb = backbone(teacher)
         bb.check_layer(cfg.layer)
+        check_vocab(load_meta(data_dir), bb.vocab)
         cfg.seq_len = min(cfg.seq_len, bb.context)
         d = bb.width
         self.k_aux = cfg.auxk or d // 2
@@ -306,6 +307,8 @@ class SAETrainer:
                 self.run_dir.log(last)
             callback("step", last)
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
+                self.run_dir.check_finite(largest_magnitude(self.sae.parameters()), self.step,
+                                          "lower --lr and --resume", what="an SAE weight")
                 self.save()
                 callback("save", {"step": self.step})
         return last

@@ -182,6 +182,10 @@ class Tokenizer:
     def identity(self) -> str:
         return hashlib.sha256(self._tok.to_str().encode("utf-8")).hexdigest()[:16]
 
+    def vocab(self) -> dict[str, int]:
+        """Token → id, added tokens included."""
+        return self._tok.get_vocab(with_added_tokens=True)
+
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
@@ -244,6 +248,12 @@ def _byte_level_decoder() -> dict[str, int]:
     shown = {chr(b): b for b in printable}
     shown.update({chr(256 + i): b for i, b in enumerate(others)})
     return shown
+
+
+def has_tokenizer(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / "tokenizer.json").exists() or ((path / "encoder.json").exists() and
+                                                 (path / "vocab.bpe").exists())
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

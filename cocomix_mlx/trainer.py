@@ -19,7 +19,7 @@ from mlx.utils import tree_map, tree_unflatten
 
 from . import files
 from .checkpoint import write_model_files
-from .rundir import RunDirectory
+from .rundir import RunDirectory, largest_magnitude
 from .config import Config, dumps_toml, from_dict
 from .data import BATCH_ORDERS, TokenDataset, check_vocab, load_meta
 from .errors import CheckpointError, ConfigError
@@ -252,6 +252,8 @@ class Trainer:
             step = self.state.step + 1
             self.run_dir.check_finite(loss, step, "lower --lr or raise --warmup-steps and "
                                       "--resume")
+            self.run_dir.check_finite(norm, step, "lower --lr or raise --warmup-steps and "
+                                      "--resume", what="the gradient norm")
             self.state.elapsed += step_time
             window_time, window_tokens = window_time + step_time, window_tokens + tokens_per_step
             self.state.step, self.state.tokens = step, self.state.tokens + tokens_per_step
@@ -269,6 +271,8 @@ class Trainer:
                     callback("eval", {"step": step, **ev})
                     last.update(ev)
             if (t.save_every and step % t.save_every == 0) or step == t.steps:
+                self.run_dir.check_finite(largest_magnitude(self.model.parameters()), step, "lower --lr and --resume",
+                                          what="a weight")
                 self.save()
                 callback("save", {"step": step, "path": str(self.out_dir)})
         return last

@@ -203,3 +203,31 @@ def test_eval_ppl_on_an_mlx_lm_llama_checkpoint(cocomix_data, tmp_path):
         count += targets.size
     assert got["tokens"] == count
     assert got["loss"] == pytest.approx(total / count, rel=1e-5)
+
+
+def test_token_ids_beyond_the_model_or_from_another_tokenizer_are_refused(
+        cocomix_data, tiny_teacher, mobydick_data, tmp_path):
+    """Data with ids past the teacher's vocabulary would index past its embedding (a segfault
+    on the CPU); data from another tokenizer would be silently wrong. Both are one-line errors."""
+    from cocomix_mlx.checkpoint import load_model
+    from cocomix_mlx.errors import DataError
+    from cocomix_mlx.models.sae import SAEConfig, TopKSAE
+    from cocomix_mlx.sae_analysis import describe, evaluate_sae
+    from cocomix_mlx.sae_trainer import SAETrainConfig, SAETrainer
+
+    teacher, _ = load_model(tiny_teacher)  # vocabulary 1024; cocomix_data has 4096
+    sae = TopKSAE(SAEConfig(d=64, latents=128, k=8, layer=0))
+    with pytest.raises(DataError, match="vocabulary of 4096"):
+        evaluate_sae(teacher, sae, 0, cocomix_data)
+    with pytest.raises(DataError, match="vocabulary of 4096"):
+        describe(teacher, None, sae, 0, cocomix_data)
+    with pytest.raises(DataError, match="vocabulary of 4096"):
+        SAETrainer(SAETrainConfig(layer=0, latents=128, k=8), teacher, cocomix_data, tmp_path / "s")
+    for args in (["sae", "train", "--teacher", tiny_teacher, "--layer", 0, "--data", cocomix_data,
+                  "--out", tmp_path / "s2"],
+                 ["sae", "eval", "--sae", ROOT / "weights" / "sae", "--teacher", tiny_teacher,
+                  "--data", cocomix_data],
+                 ["eval", "ppl", "--model", ROOT / "weights" / "ntp", "--data", mobydick_data]):
+        r = cocomix(*args)
+        assert r.returncode == 2 and "another tokenizer" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1

@@ -219,3 +219,47 @@ def test_a_checkpoint_config_reads_back_as_the_config_that_builds_it(mode, mixin
     assert again.args == model.args and hf_config(again) == hf_config(model)
     with pytest.raises(ConfigError, match="GPT-2"):
         config_from_hf({"model_type": "llama"})
+
+
+@pytest.mark.parametrize("poison", ["loss", "gradient norm", "weight"])
+def test_a_diverged_step_never_reaches_the_checkpoint(mobydick_data, tmp_path, poison):
+    """Whether the loss, the gradient norm or an updated weight goes non-finite at step 4, the
+    run stops before saving: the checkpoint of step 2 stays, finite, and resumes."""
+    from cocomix_mlx.errors import TrainingDiverged
+
+    cfg = small_config(6, save_every=2, eval_every=0)
+    trainer = make_trainer(cfg, mobydick_data, tmp_path / "run")
+    real = trainer.train_step
+
+    def step(inputs, targets):
+        loss, metrics, norm = real(inputs, targets)
+        if trainer.state.step == 3:  # the update of step 4 breaks a weight
+            w = trainer.model.model.wte.weight
+            trainer.model.model.wte.weight = w.at[0, 0].add(float("nan"))
+            loss = float("nan") if poison == "loss" else loss
+            norm = float("inf") if poison == "gradient norm" else norm
+        return loss, metrics, norm
+
+    trainer.train_step = step
+    with pytest.raises(TrainingDiverged, match=f"{poison} became .* at step 4; the last good "
+                                               "checkpoint"):
+        trainer.train()
+    assert json.loads((tmp_path / "run" / "trainer_state.json").read_text())["step"] == 2
+    ours, _ = load(tmp_path / "run")
+    from mlx.utils import tree_flatten
+    assert all(mx.isfinite(p).all().item() for _, p in tree_flatten(ours.parameters()))
+    resumed = make_run(None, mobydick_data, tmp_path / "run", resume=True)
+    assert resumed.state.step == 2 and resumed.train()["step"] == 6
+
+
+@pytest.mark.parametrize("override,message", [
+    (["--lr", "nan"], "train.lr must be in (0, 10], not nan"),
+    (["--lr", "inf"], "train.lr must be in (0, 10], not inf"),
+    (["--steps", "0"], "train.steps must be positive, not 0"),
+    (["--dropout", "1.5"], "model.dropout must be in [0, 1), not 1.5"),
+])
+def test_unusable_hyperparameters_are_refused_before_anything_runs(mobydick_data, tmp_path,
+                                                                   override, message):
+    r = cocomix("pretrain", "--data", mobydick_data, "--out", tmp_path / "run", *override)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: {message}"], r.stderr
+    assert not (tmp_path / "run").exists()

@@ -35,6 +35,7 @@ class Backbone:
     width: int
     depth: int
     context: int
+    vocab: int  # token ids the embedding takes
 
     @property
     def blocks(self) -> list:
@@ -99,6 +100,7 @@ class GPT2Backbone(Backbone):
         super().__init__(model)
         a = model.args
         self.width, self.depth, self.context = a.n_embd, a.n_layer, a.n_positions
+        self.vocab = a.vocab_size
         self.inner = model.model
 
     @property
@@ -169,7 +171,7 @@ class LlamaBackbone(Backbone):
     def __init__(self, model: nn.Module):
         super().__init__(model)
         a, self.inner = model.args, model.model
-        self.width, self.depth = a.hidden_size, len(self.inner.layers)
+        self.width, self.depth, self.vocab = a.hidden_size, len(self.inner.layers), a.vocab_size
         self.context = getattr(a, "max_position_embeddings", None) or DEFAULT_CONTEXT
         kinds = getattr(a, "layer_types", None) or ["full_attention"] * self.depth
         self.windows = [a.sliding_window if kind == "sliding_attention" else None

@@ -116,6 +116,7 @@ def trend_table(runs) -> str:
 
 
 def stores() -> str:
+    """The teachers behind the labels: what ``run.py`` recorded in ``results/``."""
     out = []
     own = RESULTS / "own_teacher.json"
     if own.exists():
@@ -125,13 +126,13 @@ def stores() -> str:
                    f"its SAE: FVU {q['fvu']:.3f}, dead {100 * q['dead_fraction']:.1f}%, "
                    f"Δ loss {q['delta_loss']:+.3f} nats")
     for name, label in (("smol", "SmolLM2-135M"), ("own", "own small teacher")):
-        path = HERE / "work" / f"labels-{name}" / "meta.json"
+        path = RESULTS / f"labels-{name}.json"
         if path.exists():
             m = json.loads(path.read_text())
             t = m["train"]
             out.append(f"- labels, {label}: {t['labelled'] / t['tokens']:.1%} of {t['tokens']:,} "
-                       f"training tokens labelled, {m['sae']['latents']} latents, k_attr {m['k_attr']}, "
-                       f"window {m['window']} / stride {m['stride']}")
+                       f"training tokens labelled, {m['sae']['latents']} latents, "
+                       f"k_attr {m['k_attr']}, window {m['window']} / stride {m['stride']}")
     return "\n".join(out)
 
 

@@ -95,7 +95,11 @@ def stage_data(work: Path, small_work: Path) -> None:
 
 
 def build_store(teacher: Path, sae: Path, data: Path, out: Path, spec: dict) -> None:
+    """Build (or finish) the label store ``out``; its meta goes to ``results/`` as the record."""
+    record = RESULTS / f"{out.name}.json"
     if out.exists():
+        if not record.exists():
+            shutil.copy(out / "meta.json", record)
         return
     partial = out.with_name(f".{out.name}.partial")
     started, last = time.time(), [0.0]
@@ -110,6 +114,7 @@ def build_store(teacher: Path, sae: Path, data: Path, out: Path, spec: dict) -> 
     cm.labels.build(teacher, sae, data, out, BuildConfig(**spec),
                     resume=(partial / "progress.json").exists(), force=partial.exists() and not
                     (partial / "progress.json").exists(), progress=progress)
+    shutil.copy(out / "meta.json", record)
 
 
 def stage_own(work: Path, small_work: Path) -> None:
