@@ -42,6 +42,15 @@ def recover(path: str | Path) -> Path:
     return path
 
 
+def remove_stale(path: str | Path) -> None:
+    """Remove the temporary directories :func:`atomic_directory` leaves beside ``path`` when a
+    process dies inside ``write`` (call it when no save of ``path`` is in progress)."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def atomic_directory(path: str | Path, write, overwrite: bool = True) -> Path:
     """Call ``write(tmp_dir)`` and move the result to ``path`` in one swap.
 

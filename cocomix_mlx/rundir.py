@@ -35,11 +35,15 @@ class RunDirectory:
     @staticmethod
     def check(path: str | Path, resume: bool, force: bool) -> None:
         """Refuse what would lose or mix runs: ``--resume`` with ``--force``, ``--resume`` of
-        nothing, and a new run over a non-empty directory without ``--force``."""
+        nothing, and a new run over a non-empty directory without ``--force`` (after putting
+        back a checkpoint an interrupted save left aside, and removing the temporary
+        directories of saves that never finished)."""
         path = Path(path)
         if resume and force:
             raise ConfigError("--resume and --force exclude each other")
-        if resume and not files.recover(path).exists():
+        files.recover(path)  # a crash between a save's two renames left the run as .NAME.old
+        files.remove_stale(path)
+        if resume and not path.exists():
             raise ConfigError(f"nothing to resume in {path}; drop --resume to start a new run")
         if not resume and path.exists() and any(path.iterdir()) and not force:
             raise ConfigError(f"{path} already exists; pass --resume to continue it or --force "

@@ -263,3 +263,25 @@ def test_unusable_hyperparameters_are_refused_before_anything_runs(mobydick_data
     r = cocomix("pretrain", "--data", mobydick_data, "--out", tmp_path / "run", *override)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: {message}"], r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_crash_between_the_renames_of_a_save_loses_nothing(mobydick_data, tmp_path):
+    """The run left as .run.old (the crash fell between the two renames of a save) is put back:
+    --resume continues it, a new run without --force is refused, and the temporary directories
+    of saves that never finished are removed."""
+    from cocomix_mlx.errors import ConfigError
+
+    out = tmp_path / "run"
+    make_trainer(small_config(2, save_every=2, eval_every=0), mobydick_data, out).train()
+    out.rename(tmp_path / ".run.old")
+    (tmp_path / ".run.tmp-abc123").mkdir()
+    (tmp_path / ".run.tmp-abc123" / "model.safetensors").write_bytes(b"half")
+    with pytest.raises(ConfigError, match="already exists"):
+        make_run(small_config(4), mobydick_data, out)
+    assert (out / "trainer_state.json").exists() and not (tmp_path / ".run.old").exists()
+    assert not (tmp_path / ".run.tmp-abc123").exists()
+    out.rename(tmp_path / ".run.old")
+    resumed = make_run(small_config(4), mobydick_data, out, resume=True)
+    assert resumed.state.step == 2
+    r = cocomix("pretrain", "--data", mobydick_data, "--out", tmp_path / "gone", "--resume")
+    assert r.returncode == 2 and "nothing to resume" in r.stderr
