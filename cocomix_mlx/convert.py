@@ -213,7 +213,10 @@ def _summary(model, out: Path) -> dict[str, Any]:
             "config": config}
 
 
-def _write_checkpoint(model, out: Path, tokenizer_src: Optional[Path], extra: dict[str, Any]) -> None:
+def _write_checkpoint(model, out: Path, tokenizer_src: Optional[Path],
+                      extra: dict[str, Any]) -> dict[str, Any]:
+    """Write ``model`` as a checkpoint in ``out``, verified (:func:`_summary`) before it moves
+    into place; returns the summary."""
     from .checkpoint import write_model_files
     from .tokenizer import load_tokenizer
 
@@ -225,7 +228,8 @@ def _write_checkpoint(model, out: Path, tokenizer_src: Optional[Path], extra: di
             extra.setdefault("eos_token_id", eos)
         write_model_files(tmp, model, None, extra)
 
-    atomic_directory(out, write)
+    return {**atomic_directory(out, write, verify=lambda tmp: _summary(model, tmp)),
+            "path": str(out)}
 
 
 def _build(args_cls, model_cls, config: dict[str, Any], weights: dict[str, mx.array], dtype: str):
@@ -256,8 +260,7 @@ def convert_gpt2(src: str | Path, out: str | Path, force: bool = False,
     config = hf_gpt2_config(read_json(_source_dir(src) / "config.json"))
     weights = gpt2_weights_from_hf(load_tensors(src), config["n_layer"])
     model = _build(gpt2.ModelArgs, gpt2.Model, config, weights, dtype)
-    _write_checkpoint(model, out, _source_dir(src), {})
-    return _summary(model, out)
+    return _write_checkpoint(model, out, _source_dir(src), {})
 
 
 def read_run_yaml(src: Path) -> dict[str, Any]:
@@ -303,8 +306,7 @@ def convert_cocomix(src: str | Path, out: str | Path, concept_num: Optional[int]
     sae = sae_layer if sae_layer is not None else run.get("sae_layer_index")
     extra = {"cocomix": {**model.args.cocomix_block(),
                          **({"sae_layer": int(sae)} if sae is not None else {})}}
-    _write_checkpoint(model, out, _source_dir(src), extra)
-    return _summary(model, out)
+    return _write_checkpoint(model, out, _source_dir(src), extra)
 
 
 # ---- export -----------------------------------------------------------------------------------

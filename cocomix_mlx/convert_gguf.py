@@ -136,10 +136,9 @@ def convert_gguf(src: str | Path, out: str | Path, dtype: Optional[str] = None,
                                 eos_token=names["eos"], unk_token=names["unknown"],
                                 clean_up_tokenization_spaces=False).save_pretrained(str(tmp))
 
-    atomic_directory(out, write)
     from .checkpoint import load_model
 
-    model, _ = load_model(out)
+    model = atomic_directory(out, write, verify=lambda tmp: load_model(tmp)[0])
     return {"path": str(out), "tensors": len(weights), "architecture": "llama",
             "layers": config["num_hidden_layers"], "quantization": quant or "none",
             "tied_head": config["tie_word_embeddings"], "model": type(model).__module__}

@@ -83,7 +83,6 @@ def convert_sae(src: str | Path, out: str | Path, force: bool = False,
     else:
         raise CheckpointError(f"{src}: expected an OpenAI .pt file or a SAELens directory "
                               "(sae_weights.safetensors + cfg.json)")
-    atomic_directory(out, lambda tmp: save_sae(sae, tmp))
-    loaded = load_sae(out)
+    loaded = atomic_directory(out, lambda tmp: save_sae(sae, tmp), verify=load_sae)
     return {"path": str(out), "d": loaded.cfg.d, "latents": loaded.cfg.latents,
             "k": loaded.cfg.k, "normalize": loaded.cfg.normalize, "layer": loaded.cfg.layer}

@@ -51,23 +51,28 @@ def remove_stale(path: str | Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def atomic_directory(path: str | Path, write, overwrite: bool = True) -> Path:
-    """Call ``write(tmp_dir)`` and move the result to ``path`` in one swap.
+def atomic_directory(path: str | Path, write, verify=None) -> Any:
+    """Call ``write(tmp_dir)``, then ``verify(tmp_dir)`` when given, and only then move the
+    result to ``path`` in one swap; returns what ``verify`` returned (else ``path``).
 
-    A failure inside ``write`` removes the temporary directory and leaves ``path`` untouched.
+    A failure inside ``write`` or ``verify`` removes the temporary directory and leaves ``path``
+    untouched, so an output that does not read back never replaces a good one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not overwrite:
-        raise CheckpointError(f"{path} already exists; choose another output or pass --force")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; choose another "
+                              "output") from None
     try:
         write(tmp)
+        result = verify(tmp) if verify is not None else path
         swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return path
+    return result
 
 
 def swap_in(src: Path, path: Path) -> None:

@@ -53,6 +53,6 @@ def quantize_checkpoint(src: str | Path, out: str | Path, bits: int = 4, group_s
         write_json(tmp / "config.json", qconfig)
         save_weights(tmp / "model.safetensors", model.parameters())
 
-    atomic_directory(out, write)
+    atomic_directory(out, write, verify=load_model)
     return {"bits": bits, "group_size": group_size, "bytes_before": before,
             "bytes_after": parameter_bytes(model)}

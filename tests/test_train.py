@@ -285,3 +285,23 @@ def test_a_crash_between_the_renames_of_a_save_loses_nothing(mobydick_data, tmp_
     assert resumed.state.step == 2
     r = cocomix("pretrain", "--data", mobydick_data, "--out", tmp_path / "gone", "--resume")
     assert r.returncode == 2 and "nothing to resume" in r.stderr
+
+
+def test_a_writer_output_that_does_not_verify_never_replaces_the_good_one(tmp_path):
+    from cocomix_mlx.errors import CheckpointError
+    from cocomix_mlx.files import atomic_directory
+
+    out = tmp_path / "ckpt"
+    atomic_directory(out, lambda tmp: (tmp / "model.bin").write_text("good"))
+
+    def bad(tmp):
+        raise CheckpointError(f"verification failed: {tmp} does not load")
+
+    with pytest.raises(CheckpointError, match="verification failed"):
+        atomic_directory(out, lambda tmp: (tmp / "model.bin").write_text("broken"), verify=bad)
+    assert (out / "model.bin").read_text() == "good"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary left behind
+    assert atomic_directory(out, lambda tmp: (tmp / "x").write_text("1"),
+                            verify=lambda tmp: (tmp / "x").read_text()) == "1"
+    with pytest.raises(CheckpointError, match="cannot write"):
+        atomic_directory(out / "x" / "under_a_file", lambda tmp: None)
