@@ -147,6 +147,10 @@ def stage_smol(work: Path, sae: Path) -> None:
     if not (sae / "config.json").exists():
         raise SystemExit(f"no SmolLM2 SAE in {sae}; train one (README: 'A real teacher') and "
                          "pass --smol-sae")
+    want = read_toml(CONFIGS / "study.toml")["smol_sae"]
+    got = json.loads((sae / "config.json").read_text())
+    if any(got.get(k) != v for k, v in want.items()):
+        raise SystemExit(f"{sae} is not the SAE configs/study.toml describes ({want})")
     spec = read_toml(CONFIGS / "study.toml")["smol"]
     build_store(teacher, sae, work / "data", work / "labels-smol", spec)
 
@@ -159,9 +163,12 @@ def student_config(variant: str, seed: int, work: Path) -> Config:
         store = cm.labels.open(work / f"labels-{STORES[variant]}")
         apply_overrides(cfg, {"concept.label_store": str(store.path),
                               "concept.concept_dim": store.latents, "concept.k_attr": store.k_attr})
-    else:  # NTP, widened to the parameter count of CoCoMix with the strong teacher's concepts
-        target = n_params(student_config("cocomix", seed, work))
-        widen(cfg, target)
+    else:  # NTP, widened to the parameter count of CoCoMix with SmolLM2's concepts
+        twin = from_dict(read_toml(CONFIGS / "cocomix.toml"),
+                         base=from_dict(read_toml(CONFIGS / "base.toml")))
+        apply_overrides(twin, {"concept.concept_dim": read_toml(CONFIGS / "study.toml")
+                               ["smol_sae"]["latents"]})
+        widen(cfg, n_params(twin))
     return cfg
 
 
