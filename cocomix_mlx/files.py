@@ -69,6 +69,10 @@ def atomic_directory(path: str | Path, write, verify=None) -> Any:
         write(tmp)
         result = verify(tmp) if verify is not None else path
         swap_in(tmp, path)
+    except OSError as e:  # a full disk, a read-only directory: nothing half-written stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; make room or choose "
+                              "another output") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -305,3 +305,11 @@ def test_a_writer_output_that_does_not_verify_never_replaces_the_good_one(tmp_pa
                             verify=lambda tmp: (tmp / "x").read_text()) == "1"
     with pytest.raises(CheckpointError, match="cannot write"):
         atomic_directory(out / "x" / "under_a_file", lambda tmp: None)
+
+    def full_disk(tmp):
+        (tmp / "part").write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(CheckpointError, match="No space left on device; make room"):
+        atomic_directory(out, full_disk)
+    assert (out / "x").read_text() == "1" and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
