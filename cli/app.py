@@ -14,7 +14,7 @@ from cocomix_mlx.errors import CocomixError
 
 from . import (convert_cmds, data_cmds, eval_cmds, generate_cmds, labels_cmds, quickstart,
                sae_cmds, train_cmds)
-from .common import console, err_console
+from .common import console, err_console, print_error
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="CoCoMix in MLX: pretrain with continuous concepts, convert, generate.")
@@ -90,7 +90,7 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except CocomixError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        print_error(str(e))
         sys.exit(2)
     except typer.Abort:
         err_console.print("aborted")
@@ -110,8 +110,7 @@ def usage_error(e: "typer.TyperException") -> int:
         return 0
     ctx = getattr(e, "ctx", None)
     where = ctx.command_path if ctx is not None else "cocomix"
-    err_console.print(f"[bold red]error:[/] {message}; see `{where} --help`", highlight=False,
-                      soft_wrap=True)
+    print_error(f"{message}; see `{where} --help`")
     return 2
 
 

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn, TransferSpeedColumn)
 
@@ -24,9 +25,16 @@ def warn_if_slow_blas() -> None:
                           f"slower): {BLAS.detail}", highlight=False, soft_wrap=True)
 
 
+def print_error(message: str) -> None:
+    """``error: MESSAGE`` on one line of stderr; the message is printed as it is (a path or a
+    user string with ``[...]`` in it is not read as markup)."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", str(message)), highlight=False,
+                      soft_wrap=True)
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print one line on stderr and exit (status 2: the user can fix it)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    print_error(message)
     raise typer.Exit(code)
 
 

@@ -106,6 +106,7 @@ _RANGES = [
     ("train.eps", 1e-30, 1, "in (0, 1]"), ("train.grad_clip", 0, None, ">= 0 (0: off)"),
     ("train.eval_every", 0, None, ">= 0"), ("train.eval_batches", 0, None, ">= 0"),
     ("train.save_every", 0, None, ">= 0"), ("train.log_every", 1, None, "positive"),
+    ("train.seed", 0, None, ">= 0"),
     ("concept.concept_dim", 1, None, "positive"), ("concept.concept_num", 1, None, "positive"),
     ("concept.insert_layer", 0, None, ">= 0"), ("concept.sae_layer", 0, None, ">= 0"),
     ("concept.k_attr", 1, None, "positive"), ("concept.lam", 0, 1e6, "in [0, 1e6]"),
@@ -122,6 +123,9 @@ def validate(cfg: Config) -> Config:
         if not (math.isfinite(value) and (low is None or value >= low) and
                 (high is None or value <= high)):
             raise ConfigError(f"{key} must be {what}, not {value}")
+    m = cfg.model
+    if m.n_embd % m.n_head:
+        raise ConfigError(f"model.n_head ({m.n_head}) must divide model.n_embd ({m.n_embd})")
     return cfg
 
 

@@ -21,6 +21,9 @@ def perplexity(model_dir: str, data_dir: str, seq_len: int = 0, batch_size: int 
     """Mean next-token loss and perplexity over non-overlapping windows of ``split``."""
     if split not in ("val", "train"):
         raise ConfigError(f"--split must be val or train, not {split}")
+    if batch_size < 1 or seq_len < 0 or max_batches < 0:
+        raise ConfigError("--batch-size must be positive, --seq-len and --max-batches >= 0 "
+                          f"(got {batch_size}, {seq_len}, {max_batches})")
     model, config = load_model(model_dir)
     model.eval()
     bb = backbone(model)

@@ -8,6 +8,7 @@ Sampling and logits processing are mlx-lm's (``make_sampler``, ``make_logits_pro
 
 from __future__ import annotations
 
+import math
 from typing import Iterator, Optional
 
 import mlx.core as mx
@@ -149,6 +150,18 @@ def steered(model: nn.Module, steer: Optional[dict], prompt_len: int, span: str 
     return SAESteered(model, sae, layer, *_resolve(steer, sae.cfg.latents, names), start, end)
 
 
+def check_sampling(temp: float, top_p: float, min_p: float, top_k: int,
+                   repetition_penalty: Optional[float]) -> None:
+    """Refuse sampling settings mlx-lm's sampler would misread (0 turns a filter off)."""
+    for name, value, ok in (("--temp", temp, temp >= 0), ("--top-p", top_p, 0 <= top_p <= 1),
+                            ("--min-p", min_p, 0 <= min_p <= 1), ("--top-k", top_k, top_k >= 0),
+                            ("--repetition-penalty", repetition_penalty,
+                             repetition_penalty is None or repetition_penalty > 0)):
+        if not ok or (isinstance(value, float) and not math.isfinite(value)):
+            raise ConfigError(f"{name} {value} is out of range (temp >= 0, top-p and min-p in "
+                              "[0, 1], top-k >= 0, repetition penalty > 0)")
+
+
 def stream(model: nn.Module, tokenizer, prompt: str | list[int], max_tokens: int = 256,
            temp: float = 0.0, top_p: float = 0.0, min_p: float = 0.0, top_k: int = 0,
            repetition_penalty: Optional[float] = None, seed: Optional[int] = None,
@@ -164,6 +177,7 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int], max_tokens: int
 
     if max_tokens <= 0:
         raise ConfigError("--max-tokens must be positive")
+    check_sampling(temp, top_p, min_p, top_k, repetition_penalty)
     ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
     if not ids:
         raise ConfigError("the prompt is empty; give some text")
@@ -193,6 +207,8 @@ def predicted_concepts(model: nn.Module, tokenizer, text: str, top: int = 5,
     and dictionary labels (when ``labels`` maps indices to names)."""
     if not backbone(model).has_concepts:
         raise ConfigError("concept inspection needs a CoCoMix model with a concept head")
+    if top < 1:
+        raise ConfigError(f"--top must be at least 1, not {top}")
     ids = tokenizer.encode(text)
     if not ids:
         raise ConfigError("the text is empty")

@@ -28,3 +28,50 @@ def test_usage_errors_are_one_line_with_exit_2(args, expected):
 def test_a_bare_command_group_prints_its_help(args):
     r = cocomix(*args)
     assert r.returncode == 0 and "Usage:" in r.stdout and r.stderr == ""
+
+
+BAD_VALUES = [
+    (["pretrain", "--data", "{data}", "--out", "{out}", "--steps", "-5"], "train.steps must be"),
+    (["pretrain", "--data", "{data}", "--out", "{out}", "--lr", "-1"], "train.lr must be"),
+    (["pretrain", "--data", "{data}", "--out", "{out}", "--batch-size", "0"], "train.batch_size"),
+    (["pretrain", "--data", "{data}", "--out", "{out}", "--grad-accum", "0"], "train.grad_accum"),
+    (["pretrain", "--data", "{data}", "--out", "{out}", "--seq-len", "0"], "train.seq_len"),
+    (["pretrain", "--data", "{data}", "--out", "{out}", "--log-every", "0"], "train.log_every"),
+    (["pretrain", "--data", "{data}", "--out", "{out}", "--seed", "-1"], "train.seed"),
+    (["pretrain", "--data", "{data}", "--out", "{out}", "--n-head", "7"], "must divide"),
+    (["generate", "--model", "{model}", "--prompt", "The", "--temp", "-1"], "--temp -1.0"),
+    (["generate", "--model", "{model}", "--prompt", "The", "--top-p", "2"], "--top-p 2.0"),
+    (["generate", "--model", "{model}", "--prompt", "The", "--top-k", "-5"], "--top-k -5"),
+    (["generate", "--model", "{model}", "--prompt", "The", "--min-p", "5"], "--min-p 5.0"),
+    (["generate", "--model", "{model}", "--prompt", "The", "--repetition-penalty", "-1"],
+     "--repetition-penalty -1.0"),
+    (["concepts", "The sea", "--model", "{model}", "--top", "-3"], "--top must be"),
+    (["eval", "ppl", "--model", "{model}", "--data", "{data}", "--batch-size", "0"],
+     "--batch-size must be positive"),
+]
+
+
+@pytest.mark.parametrize("args,expected", BAD_VALUES)
+def test_bad_values_are_one_line_errors_and_write_nothing(args, expected, tmp_path):
+    from pathlib import Path
+
+    from cocomix_mlx.data import prepare
+
+    root = Path(__file__).resolve().parents[1]
+    data = tmp_path / "data"
+    (tmp_path / "t.txt").write_text("The sea was calm and the ship sailed on. " * 400)
+    prepare([str(tmp_path / "t.txt")], str(root / "weights" / "cocomix"), str(data),
+            val_fraction=0.1)
+    fill = {"data": data, "out": tmp_path / "run", "model": root / "weights" / "cocomix"}
+    r = cocomix(*(a.format(**fill) for a in args))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and expected in lines[0], r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_error_text_is_printed_as_it_is(tmp_path):
+    """A path with [brackets] keeps them (no rich markup), and a user string with a closing
+    tag cannot break the printer."""
+    for name in ("in[red]dir", "x[/b]y"):
+        r = cocomix("eval", "ppl", "--model", tmp_path / name, "--data", tmp_path / "nodata")
+        assert r.returncode == 2 and name in r.stderr and "Traceback" not in r.stderr, r.stderr
