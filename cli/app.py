@@ -48,11 +48,12 @@ def quantize(src: Path = typer.Argument(..., help="Checkpoint directory."),
 @app.command()
 def plot(runs: list[Path] = typer.Argument(..., help="Run directories (with metrics.jsonl)."),
          out: Path = typer.Option(Path("loss.png"), "--out", help=".png, .pdf or .svg"),
-         smooth: int = typer.Option(10, "--smooth", help="Moving average over logged steps.")):
+         smooth: int = typer.Option(10, "--smooth", help="Moving average over logged steps."),
+         force: bool = typer.Option(False, "--force", help="Replace an existing --out.")):
     """Training and validation loss curves of several runs on one figure."""
     from cocomix_mlx.plot import plot_runs
 
-    console.print(f"wrote {plot_runs(runs, out, smooth)}")
+    console.print(f"wrote {plot_runs(runs, out, smooth, force)}")
 app.command("pretrain", epilog=train_cmds.config_keys_help(),
             context_settings={"allow_extra_args": True,
                               "ignore_unknown_options": True})(train_cmds.pretrain)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .errors import ConfigError, DataError
+from .files import refuse_existing
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -25,7 +26,8 @@ def read_metrics(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
-def plot_runs(run_dirs: list[str | Path], out: str | Path, smooth: int = 1) -> Path:
+def plot_runs(run_dirs: list[str | Path], out: str | Path, smooth: int = 1,
+              force: bool = False) -> Path:
     """Training (moving average over ``smooth`` logged steps) and validation loss of every run
     on one figure, written to ``out`` (.png, .pdf or .svg)."""
     try:
@@ -38,6 +40,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, smooth: int = 1) -> P
     out = Path(out)
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise ConfigError(f"--out must end in .png, .pdf or .svg, not {out.name}")
+    refuse_existing(out, force)
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, run in enumerate(run_dirs):
         curves = read_metrics(run)

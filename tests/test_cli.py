@@ -75,3 +75,18 @@ def test_error_text_is_printed_as_it_is(tmp_path):
     for name in ("in[red]dir", "x[/b]y"):
         r = cocomix("eval", "ppl", "--model", tmp_path / name, "--data", tmp_path / "nodata")
         assert r.returncode == 2 and name in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_data_prepare_never_writes_over_its_own_input(tmp_path):
+    """`data prepare DIR --out DIR --force` would delete the corpus it reads."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("The sea was calm. " * 200)
+    for out in (corpus, tmp_path):
+        r = cocomix("data", "prepare", corpus, "--tokenizer", root / "weights" / "cocomix",
+                    "--out", out, "--force")
+        assert r.returncode == 2 and "contains the input" in r.stderr, r.stderr
+    assert (corpus / "a.txt").read_text().startswith("The sea")

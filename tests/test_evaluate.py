@@ -69,3 +69,8 @@ def test_plot_writes_figure_and_rejects_bad_input(tmp_path):
         plot_runs([tmp_path / "ntp"], tmp_path / "loss.txt")
     with pytest.raises(DataError):
         plot_runs([tmp_path / "missing"], tmp_path / "x.png")
+    before = out.read_bytes()
+    with pytest.raises(ConfigError, match="already exists"):
+        plot_runs([tmp_path / "ntp"], out)
+    assert out.read_bytes() == before  # replaced only with force
+    assert plot_runs([tmp_path / "ntp"], out, force=True).read_bytes() != before
