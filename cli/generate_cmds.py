@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +14,9 @@ from .common import console, print_token_rows
 def generate(
     model: Path = typer.Option(..., "--model", help="Checkpoint directory (NTP, CoCoMix, converted)."),
     prompt: str = typer.Option(..., "--prompt", help="Text to continue."),
-    max_tokens: int = typer.Option(256, "--max-tokens", "-m"),
+    max_tokens: Optional[int] = typer.Option(
+        None, "--max-tokens", "-m", help="Tokens to generate (default: 256, or what fits in the "
+                                         "model's context after the prompt)."),
     temp: float = typer.Option(0.0, "--temp", help="Sampling temperature (0: greedy)."),
     top_p: float = typer.Option(0.0, "--top-p"),
     min_p: float = typer.Option(0.0, "--min-p"),
@@ -41,12 +44,14 @@ def generate(
     sae_model = cm.load_sae(sae) if sae is not None else None
     if steering and sae_model is None:
         resolve_steer(net, steering, names)
-    console.print(prompt, end="", style="bold", highlight=False)
-    last = None
-    for last in stream(net, tokenizer, prompt, max_tokens=max_tokens, temp=temp, top_p=top_p,
+    responses = stream(net, tokenizer, prompt, max_tokens=max_tokens, temp=temp, top_p=top_p,
                        min_p=min_p, top_k=top_k, repetition_penalty=repetition_penalty,
                        seed=seed, steer=steering, span=span, sae=sae_model, layer=layer,
-                       names=names):
+                       names=names)
+    first = next(responses, None)  # a bad setting fails here, before anything is printed
+    console.print(prompt, end="", style="bold", highlight=False, markup=False)
+    last = None
+    for last in itertools.chain([first] if first is not None else [], responses):
         console.print(last.text, end="", highlight=False, markup=False)
     console.print()
     if last is not None:

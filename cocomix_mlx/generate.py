@@ -18,6 +18,7 @@ from .errors import ConfigError
 from .models.backbone import backbone
 
 SPANS = ("all", "prompt", "generated")
+MAX_TOKENS = 256  # generated tokens by default, when the context has room for them
 MAX_ALPHA = 10.0
 
 
@@ -162,7 +163,27 @@ def check_sampling(temp: float, top_p: float, min_p: float, top_k: int,
                               "[0, 1], top-k >= 0, repetition penalty > 0)")
 
 
-def stream(model: nn.Module, tokenizer, prompt: str | list[int], max_tokens: int = 256,
+def fit_context(model: nn.Module, prompt_len: int, max_tokens: Optional[int]) -> int:
+    """The number of tokens to generate: ``max_tokens``, or by default the smaller of
+    :data:`MAX_TOKENS` and what fits; the prompt and the generated tokens must fit in the
+    model's context (positions past it have no meaning), else a one-line error says what fits."""
+    context = backbone(model).context
+    room = context - prompt_len
+    if room < 1:
+        raise ConfigError(f"the prompt has {prompt_len} tokens but the model's context holds "
+                          f"{context}; shorten the prompt")
+    if max_tokens is None:
+        return min(MAX_TOKENS, room)
+    if max_tokens <= 0:
+        raise ConfigError("--max-tokens must be positive")
+    if max_tokens > room:
+        raise ConfigError(f"--max-tokens {max_tokens} runs past the model's context ({context} "
+                          f"positions, prompt {prompt_len} tokens); give {room} or fewer")
+    return max_tokens
+
+
+def stream(model: nn.Module, tokenizer, prompt: str | list[int],
+           max_tokens: Optional[int] = None,
            temp: float = 0.0, top_p: float = 0.0, min_p: float = 0.0, top_k: int = 0,
            repetition_penalty: Optional[float] = None, seed: Optional[int] = None,
            steer: Optional[dict] = None, span: str = "all",
@@ -175,12 +196,11 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int], max_tokens: int
     from mlx_lm.generate import stream_generate
     from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
-    if max_tokens <= 0:
-        raise ConfigError("--max-tokens must be positive")
     check_sampling(temp, top_p, min_p, top_k, repetition_penalty)
     ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
     if not ids:
         raise ConfigError("the prompt is empty; give some text")
+    max_tokens = fit_context(model, len(ids), max_tokens)
     if seed is not None:
         mx.random.seed(seed)
     sampler = make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)
@@ -212,6 +232,10 @@ def predicted_concepts(model: nn.Module, tokenizer, text: str, top: int = 5,
     ids = tokenizer.encode(text)
     if not ids:
         raise ConfigError("the text is empty")
+    context = backbone(model).context
+    if len(ids) > context:
+        raise ConfigError(f"the text has {len(ids)} tokens but the model's context holds "
+                          f"{context}; give a shorter text")
     model.eval()
     _, z = model(mx.array([ids]), return_concepts=True)
     top = min(top, z.shape[-1])

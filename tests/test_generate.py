@@ -227,3 +227,30 @@ def test_generated_text_continues_the_prompt_with_gpt2_bpe(tmp_path):
         assert text == tok.decode(ids)
         spaced += tok.decode(ids[:1]).startswith(" ")
     assert spaced > 0
+
+
+def test_generation_and_inspection_stay_inside_the_context(tok_dir, tmp_path):
+    """By default generation stops where the context is full; a --max-tokens past it, a prompt
+    longer than it, or a text to inspect longer than it are one-line errors (positions past the
+    context have no learned embedding), for NTP and CoCoMix models alike, cached."""
+    cfg = ModelConfig(vocab_size=320, n_positions=32, n_embd=32, n_layer=3, n_head=4)
+    concept = ConceptConfig(concept_dim=64, concept_num=4, insert_layer=1)
+    for mode in ("ntp", "cocomix"):
+        model, tok = saved(randomize(build_model(cfg, mode=mode, concept=concept), 2), tok_dir,
+                           tmp_path / mode)
+        prompt = tok.encode("the ship and the sea")
+        out = generate_tokens(model, tok, prompt, temp=1.0, seed=0)
+        assert len(prompt) + len(out) == 32
+        with pytest.raises(ConfigError, match=f"give {32 - len(prompt)} or fewer"):
+            generate_tokens(model, tok, prompt, max_tokens=32)
+        with pytest.raises(ConfigError, match="shorten the prompt"):
+            generate_tokens(model, tok, list(range(5, 37)), max_tokens=1)
+        if mode == "cocomix":
+            from cocomix_mlx.generate import predicted_concepts
+
+            with pytest.raises(ConfigError, match="give a shorter text"):
+                predicted_concepts(model, tok, "the whale " * 40)
+    from conftest import cocomix
+
+    r = cocomix("generate", "--model", tmp_path / "ntp", "--prompt", "the ship", "--max-tokens", 99)
+    assert r.returncode == 2 and r.stdout == "" and "runs past the model's context" in r.stderr
