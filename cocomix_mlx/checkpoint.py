@@ -57,8 +57,8 @@ def load_model(path: str | Path, lazy: bool = False) -> tuple[nn.Module, dict[st
         raise CheckpointError(f"no model.safetensors in {path}; is the checkpoint complete?")
     try:
         return _mlx_lm_load_model(path, lazy=lazy, get_model_classes=model_classes)
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"cannot load {path}: {e}") from None
+    except (RuntimeError, ValueError, KeyError, MemoryError) as e:
+        raise CheckpointError(f"cannot load {path}: {e or type(e).__name__}") from None
 
 
 def load(path: str | Path, lazy: bool = False):

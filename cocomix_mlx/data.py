@@ -78,9 +78,14 @@ def load_meta(data_dir: str | Path) -> dict:
         raise DataError(f"no prepared data in {data_dir} (meta.json missing); "
                         "run `cocomix data prepare` first")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"corrupt {path}: {e}; prepare the data again") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("vocab_size"), int) and
+            meta.get("dtype") in ("uint16", "uint32")):
+        raise DataError(f"corrupt {path}: not the meta.json of `cocomix data prepare` (needs "
+                        "vocab_size and dtype); prepare the data again")
+    return meta
 
 
 def check_vocab(meta: dict, model_vocab_size: int) -> None:
@@ -112,6 +117,9 @@ class TokenDataset:
         if not path.exists():
             raise DataError(f"missing {path}; prepare the data again")
         size = path.stat().st_size
+        if size % np.dtype(self.meta["dtype"]).itemsize:
+            raise DataError(f"{path} holds {size} bytes, not a whole number of "
+                            f"{self.meta['dtype']} tokens: it is truncated; prepare the data again")
         self.tokens = np.memmap(path, dtype=self.meta["dtype"], mode="r") if size else \
             np.zeros(0, dtype=self.meta["dtype"])
         self.path = path

@@ -99,13 +99,18 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; anything else (a list, a number, broken text) is corrupt."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"missing {path}; is this a cocomix checkpoint directory?") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"corrupt {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"corrupt {path}: expected a JSON object, found "
+                              f"{type(data).__name__}")
+    return data
 
 
 def save_weights(path: Path, tree: Any) -> None:
@@ -117,5 +122,6 @@ def load_weights(path: Path) -> dict[str, mx.array]:
         return mx.load(str(path))
     except FileNotFoundError:
         raise CheckpointError(f"missing {path}") from None
-    except (RuntimeError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path} ({e}); the file is corrupt or truncated") from None
+    except (RuntimeError, ValueError, MemoryError) as e:
+        raise CheckpointError(f"cannot read {path} ({e or type(e).__name__}); the file is corrupt "
+                              "or truncated") from None

@@ -17,6 +17,15 @@ METRICS = "metrics.jsonl"
 STATE = "trainer_state.json"
 
 
+def _row_step(line: str):
+    """The step of a metrics row, or None for a line a crash tore (or any non-row)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row.get("step", 0) if isinstance(row, dict) else None
+
+
 def largest_magnitude(tree) -> float:
     """The largest magnitude among the arrays of ``tree`` (NaN if any entry is NaN): checked
     before a save, so a checkpoint never holds weights an update broke."""
@@ -87,8 +96,8 @@ class RunDirectory:
         path = self.path / METRICS
         if not self.writer or not path.exists():
             return
-        keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        keep = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+                if _row_step(line) is not None and _row_step(line) <= step]
         path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
     def check_finite(self, value: float, step: int, hint: str, what: str = "loss") -> None:

@@ -90,3 +90,62 @@ def test_data_prepare_never_writes_over_its_own_input(tmp_path):
                     "--out", out, "--force")
         assert r.returncode == 2 and "contains the input" in r.stderr, r.stderr
     assert (corpus / "a.txt").read_text().startswith("The sea")
+
+
+def test_corrupt_inputs_are_one_line_errors(tmp_path):
+    """Metadata that is valid JSON of the wrong shape, a shard with a torn token, a text file
+    posing as safetensors, and a metrics log with a torn last line."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from cocomix_mlx.data import prepare
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "t.txt").write_text("The sea was calm and the ship sailed on. " * 400)
+    good = tmp_path / "data"
+    prepare([str(tmp_path / "t.txt")], str(root / "weights" / "cocomix"), str(good),
+            val_fraction=0.1)
+
+    def broken(name, edit):
+        d = tmp_path / name
+        shutil.copytree(good if name.startswith("data") else root / "weights" / "cocomix", d)
+        edit(d)
+        return d
+
+    cases = [
+        (["eval", "ppl", "--model", root / "weights" / "cocomix", "--data",
+          broken("data-list", lambda d: (d / "meta.json").write_text("[1, 2]"))],
+         "not the meta.json"),
+        (["eval", "ppl", "--model", root / "weights" / "cocomix", "--data",
+          broken("data-odd", lambda d: (d / "val.bin").write_bytes(
+              (d / "val.bin").read_bytes() + b"\0"))], "not a whole number"),
+        (["eval", "ppl", "--model", broken("model-list", lambda d: (d / "config.json")
+                                           .write_text("[]")), "--data", good],
+         "expected a JSON object"),
+        (["eval", "ppl", "--model", broken("model-text", lambda d: (d / "model.safetensors")
+                                           .write_text("just some text\n" * 100)),
+          "--data", good], "cannot load"),
+    ]
+    sae = tmp_path / "sae"
+    shutil.copytree(root / "weights" / "sae", sae)
+    (sae / "config.json").write_text(json.dumps([{"d": 128}]))
+    cases.append((["sae", "eval", "--sae", sae, "--teacher", root / "weights" / "teacher",
+                   "--data", good], "corrupt SAE"))
+    for args, expected in cases:
+        r = cocomix(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and expected in lines[0], (args, r.stderr)
+
+
+def test_resume_survives_a_torn_last_metrics_line(tmp_path):
+    from cocomix_mlx.rundir import RunDirectory
+
+    run = RunDirectory(tmp_path)
+    run.log({"step": 1, "loss": 2.0})
+    run.log({"step": 2, "loss": 1.5})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')  # the process died mid-write
+    run.truncate(2)
+    assert (tmp_path / "metrics.jsonl").read_text().splitlines() == [
+        '{"step": 1, "loss": 2.0}', '{"step": 2, "loss": 1.5}']

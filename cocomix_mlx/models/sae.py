@@ -132,10 +132,13 @@ def load_sae(directory: str | Path) -> TopKSAE:
         raise CheckpointError(f"no SAE in {directory}: expected config.json and sae.safetensors; "
                               "make one with `cocomix sae train` or `cocomix convert sae`")
     try:
-        cfg = SAEConfig.from_dict(json.loads(cfg_path.read_text(encoding="utf-8")))
+        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise ValueError("expected a JSON object")
+        cfg = SAEConfig.from_dict(raw)
         weights = mx.load(str(w_path))
-    except (json.JSONDecodeError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"corrupt SAE in {directory}: {e}") from None
+    except (TypeError, ValueError, RuntimeError, MemoryError) as e:
+        raise CheckpointError(f"corrupt SAE in {directory}: {e or type(e).__name__}") from None
     sae = TopKSAE(cfg)
     try:
         sae.load_weights(list(weights.items()), strict=True)
