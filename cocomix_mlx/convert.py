@@ -297,7 +297,11 @@ def convert_cocomix(src: str | Path, out: str | Path, concept_num: Optional[int]
         value = flag if flag is not None else run.get(key)
         if value is None:
             raise ConfigError(f"{key} is unknown: no config.yaml beside {src}; pass it as a flag")
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key} in the config.yaml beside {src} must be an integer, not "
+                              f"{value!r}; fix it or pass it as a flag") from None
 
     config.update(concept_dim=int(weights["concept_predictor.weight"].shape[0]),
                   concept_num=pick(concept_num, "concept_num"),

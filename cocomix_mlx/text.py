@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -80,8 +81,9 @@ def _read_text(path: Path) -> Iterator[tuple[bytes, str]]:
                     return
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text (byte {e.start}); convert it to UTF-8") from None
-    except (OSError, EOFError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"cannot read {path}: {e or type(e).__name__}; the file is corrupt or "
+                        "truncated") from None
 
 
 def _text_chunks(path: Path, val_fraction: float) -> Iterator[Chunk]:
@@ -139,9 +141,13 @@ def iter_chunks(inputs: list[str], val_fraction: float = 0.0,
     for path in files:
         name = path.name[:-3] if path.name.endswith(".gz") else path.name
         chunks = _jsonl_chunks if name.endswith(".jsonl") else _text_chunks
-        for chunk in chunks(path, val_fraction):
-            any_text = any_text or bool(chunk.text.strip())
-            yield chunk
+        try:
+            for chunk in chunks(path, val_fraction):
+                any_text = any_text or bool(chunk.text.strip())
+                yield chunk
+        except (OSError, EOFError, zlib.error) as e:  # a corrupt or truncated .gz
+            raise DataError(f"cannot read {path}: {e or type(e).__name__}; the file is corrupt "
+                            "or truncated") from None
         done += path.stat().st_size
         if progress:
             progress(done, total)

@@ -149,3 +149,24 @@ def test_resume_survives_a_torn_last_metrics_line(tmp_path):
     run.truncate(2)
     assert (tmp_path / "metrics.jsonl").read_text().splitlines() == [
         '{"step": 1, "loss": 2.0}', '{"step": 2, "loss": 1.5}']
+
+
+def test_corrupt_or_truncated_gzip_text_is_a_one_line_error(tmp_path):
+    import gzip
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    whole = gzip.compress(("The sea was calm. " * 3000).encode())
+    docs = gzip.compress(b"".join(b'{"text": "The sea was calm."}\n' for _ in range(3000)))
+    flipped = bytearray(whole)
+    flipped[len(whole) // 2] ^= 0xFF
+    for name, data in (("two.txt.gz", whole[:2]), ("flipped.txt.gz", bytes(flipped)),
+                       ("cut.txt.gz", whole[: len(whole) // 2]),
+                       ("cut.jsonl.gz", docs[: len(docs) // 2])):
+        (tmp_path / name).write_bytes(data)
+        r = cocomix("data", "prepare", tmp_path / name, "--tokenizer", root / "weights" / "cocomix",
+                    "--out", tmp_path / f"out-{name}")
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "corrupt or truncated" in lines[0], \
+            (name, r.stderr)
+        assert not (tmp_path / f"out-{name}").exists()

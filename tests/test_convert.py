@@ -113,6 +113,10 @@ def test_official_cocomix_layout_converts_with_equal_logits_and_exports(tmp_path
     again = convert_cocomix(tmp_path / "back", tmp_path / "again")
     assert again["parameters"] == sum(v.numel() for n, v in sd.items() if n != "lm_head.weight"
                                       and not n.endswith((".attn.bias", ".attn.masked_bias")))
+    (tmp_path / "run" / "config.yaml").write_text("concept_num: abc\ninsert_layer_index: 1\n")
+    with pytest.raises(ConfigError, match="concept_num .* must be an integer, not 'abc'"):
+        convert_cocomix(src, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_openai_sae_pt_converts_to_the_reference_latents(tmp_path):
