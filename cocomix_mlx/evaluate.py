@@ -24,7 +24,7 @@ def perplexity(model_dir: str, data_dir: str, seq_len: int = 0, batch_size: int 
     if batch_size < 1 or seq_len < 0 or max_batches < 0:
         raise ConfigError("--batch-size must be positive, --seq-len and --max-batches >= 0 "
                           f"(got {batch_size}, {seq_len}, {max_batches})")
-    model, config = load_model(model_dir)
+    model, _ = load_model(model_dir)
     model.eval()
     bb = backbone(model)
     check_vocab(load_meta(data_dir), bb.vocab)

@@ -107,11 +107,11 @@ class SAESteered(Steered):
     def __init__(self, model: nn.Module, sae, layer: int, index: mx.array, alpha: mx.array,
                  start: int, end: int):
         super().__init__(model)
-        self.sae, self.layer = sae, layer
+        self.sae, self.layer, self.bb = sae, layer, backbone(model)
         self.index, self.alpha, self.start, self.end = index, alpha, start, end
 
     def __call__(self, inputs: mx.array, cache=None) -> mx.array:
-        bb = backbone(self.inner)
+        bb = self.bb
         offset = bb.offset(cache)
         h = bb.lower(inputs, self.layer, cache)
         z, stats = self.sae.encode(h, return_stats=True)

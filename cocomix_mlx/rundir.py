@@ -96,8 +96,9 @@ class RunDirectory:
         path = self.path / METRICS
         if not self.writer or not path.exists():
             return
-        keep = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
-                if _row_step(line) is not None and _row_step(line) <= step]
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        keep = [line for line, at in zip(lines, map(_row_step, lines))
+                if at is not None and at <= step]
         path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
     def check_finite(self, value: float, step: int, hint: str, what: str = "loss") -> None:
