@@ -99,6 +99,13 @@ def preloaded_blas() -> str | None:
     return None
 
 
+def devices() -> list:
+    """Every MLX device here: the CPU, and the GPU where Metal or CUDA is available."""
+    import mlx.core as mx
+
+    return [mx.cpu] + ([mx.gpu] if device_name() != "CPU" else [])
+
+
 def device_name() -> str:
     import mlx.core as mx
 

@@ -18,7 +18,7 @@ from .concepts import (activation_labels, attribution_labels, check_sae, concept
 from .config import Config, ConceptConfig
 from .errors import ConfigError
 from .models.backbone import backbone
-from .ops import cross_entropy, head_cross_entropy
+from .ops import cross_entropy, lm_cross_entropy
 
 Objective = Callable[[nn.Module, mx.array, mx.array], tuple[mx.array, dict[str, mx.array]]]
 MODES = ("ntp", "cocomix", "kd", "pause")
@@ -26,7 +26,7 @@ MODES = ("ntp", "cocomix", "kd", "pause")
 
 def ntp(model: nn.Module, inputs: mx.array, targets: mx.array):
     """Plain next-token prediction: mean cross-entropy of the next token."""
-    loss = head_cross_entropy(model.hidden_states(inputs), targets, model.logits)
+    loss, _ = lm_cross_entropy(model, inputs, targets)
     return loss, {"ntp_loss": loss}
 
 
@@ -36,8 +36,7 @@ def concept_objective(cc: ConceptConfig, labels_of) -> Objective:
 
     def objective(model, inputs, targets):
         targets, labels, valid = labels_of(inputs, targets)
-        h, z = model.hidden_states(inputs, return_concepts=True)
-        loss = head_cross_entropy(h, targets, model.logits)
+        loss, (z,) = lm_cross_entropy(model, inputs, targets, return_concepts=True)
         metrics = {"ntp_loss": loss}
         if labels is None:
             return loss, metrics

@@ -1,6 +1,11 @@
-"""Numerical kernels shared by the models and objectives.
+"""Numerical kernels shared by the models and objectives: the one seam between the equations
+and the device.
 
-Each is the exact function its name says, written in the form that runs fastest on MLX. On a CPU
+Models call :func:`gelu` and :func:`attention`; objectives call :func:`lm_cross_entropy` (or
+:func:`cross_entropy` for logits they already hold). Each kernel is the exact function its name
+says, written in the form that runs fastest on MLX, and has beside it a one-line ``*_textbook``
+form it must equal (``tests/test_ops.py`` checks every pair, values and gradients, on every
+device MLX has here). On a CPU
 device, MLX evaluates elementwise transcendentals one scalar at a time, so the forms here compute
 one ``exp`` where the textbook form needs two, build that ``exp`` from vectorised arithmetic
 (:func:`exp`), and spread the vocabulary-sized work of the output head over extra CPU streams
@@ -55,6 +60,10 @@ def _exp_cpu_vjp(primals, cotangent, output):
     return cotangent * output
 
 
+def exp_textbook(x: mx.array) -> mx.array:
+    return mx.exp(x)
+
+
 def exp(x: mx.array) -> mx.array:
     """``e^x``. On the CPU in fp32 it is computed as 2ⁿ·e^r (Cody–Waite reduction, n = round(x /
     ln 2), a degree-9 polynomial for e^r) from arithmetic that MLX vectorises: about 4× faster
@@ -79,7 +88,11 @@ def _gelu_fp32_vjp(x, cotangents, outputs):  # one input: MLX passes the array i
     return cotangents[0] * (s + mx.where(capped, 0.0, slope))
 
 
-def gelu_tanh(x: mx.array) -> mx.array:
+def gelu_textbook(x: mx.array) -> mx.array:
+    return 0.5 * x * (1.0 + mx.tanh(math.sqrt(2.0 / math.pi) * (x + _GELU_C * x ** 3)))
+
+
+def gelu(x: mx.array) -> mx.array:
     """GPT-2's GELU (tanh approximation, Hugging Face ``gelu_new``).
 
     0.5·x·(1 + tanh(u)) = x·sigmoid(2u) = x / (1 + exp(-2u)), u = sqrt(2/π)(x + 0.044715x³), with
@@ -121,6 +134,10 @@ def topk_indices(z: mx.array, k: int) -> mx.array:
     return _concat(parts).reshape(*z.shape[:-1], k)
 
 
+def keep_topk_textbook(z, k):
+    return mx.where(z >= mx.topk(z, k, axis=-1).min(-1, keepdims=True), z, 0.0)
+
+
 def keep_topk(z: mx.array, k: int) -> mx.array:
     """``z`` with all but its ``k`` largest entries per row set to zero.
 
@@ -128,6 +145,37 @@ def keep_topk(z: mx.array, k: int) -> mx.array:
     """
     idx = topk_indices(z, k)
     return mx.put_along_axis(mx.zeros_like(z), idx, mx.take_along_axis(z, idx, -1), -1)
+
+
+def _allowed(q: mx.array, k: mx.array, mask):
+    """The boolean (query, key) mask a ``mask`` argument stands for: ``"causal"`` is bottom-right
+    aligned (the queries are the last of the keys), ``None`` allows every key."""
+    if isinstance(mask, str):
+        qL, kL = q.shape[2], k.shape[2]
+        return mx.arange(kL - qL, kL)[:, None] >= mx.arange(kL)[None]
+    return mx.array(True) if mask is None else mask
+
+
+def attention_textbook(q, k, v, scale, mask="causal"):
+    return mx.softmax(mx.where(_allowed(q, k, mask), scale * q @ k.swapaxes(-1, -2), -mx.inf), -1) @ v
+
+
+def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask="causal",
+              dropout=None) -> mx.array:
+    """Scaled dot-product attention of (B, H, Tq, D) queries over (B, H, Tk, D) keys and values.
+
+    ``mask`` is ``"causal"`` (bottom-right aligned), ``None`` or a boolean/additive array.
+    ``dropout`` (an ``nn.Dropout`` in training mode) is applied to the attention probabilities,
+    which then have to be formed explicitly. Otherwise MLX's fused kernel runs; on the CPU a
+    causal pass over as many keys as queries is cut into blocks (:func:`causal_attention`).
+    """
+    if dropout is not None:
+        scores = mx.where(_allowed(q, k, mask), (q * scale) @ k.swapaxes(-1, -2),
+                          mx.finfo(q.dtype).min)
+        return dropout(mx.softmax(scores, axis=-1, precise=True)) @ v
+    if isinstance(mask, str) and mask == "causal" and k.shape[2] == q.shape[2]:
+        return causal_attention(q, k, v, scale)
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
 
 
 def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float,
@@ -215,21 +263,38 @@ def _reduce_rows(parts: list[mx.array], n: int, shape, reduction: str) -> mx.arr
     return total / n if reduction == "mean" else total
 
 
+def _ce_textbook_rows(logits: mx.array, targets: mx.array) -> mx.array:
+    logits = logits.astype(mx.float32)
+    t = mx.take_along_axis(logits, _as_columns(targets), -1).mean(-1)
+    return mx.logsumexp(logits, -1) - t
+
+
+def cross_entropy_textbook(logits, targets):
+    return (mx.logsumexp(logits, -1) - mx.take_along_axis(logits, targets[..., None], -1)[..., 0]).mean()
+
+
 def cross_entropy(logits: mx.array, targets: mx.array, reduction: str = "mean") -> mx.array:
     """Cross-entropy of ``logits`` (..., V) against integer ``targets`` (...), in fp32.
 
     ``targets`` shaped (..., m) like ``logits`` gives each row the mean of its m cross-entropies
     (the m targets of a row must be distinct). ``reduction`` is ``"mean"``, ``"sum"`` or
     ``"none"`` (per position, shaped like ``targets`` without the m axis). On the CPU the rows
-    are split over :func:`parallel_streams`.
+    are split over :func:`parallel_streams` and the backward reuses the forward's ``exp``; on
+    other devices it is the textbook ``logsumexp(logits) - logits[target]``.
     """
     multi = targets.ndim == logits.ndim
     shape = targets.shape[:-1] if multi else targets.shape
     flat = targets.reshape(-1, targets.shape[-1]) if multi else targets.reshape(-1)
     logits = logits.reshape(-1, logits.shape[-1])
     n = flat.shape[0]
+    if mx.default_device() != mx.cpu:
+        return _reduce_rows([_ce_textbook_rows(logits, flat)], n, shape, reduction)
     parts = _over_rows(n, lambda stream, sl: _ce_rows(stream)(logits[sl], flat[sl])[0])
     return _reduce_rows(parts, n, shape, reduction)
+
+
+def head_cross_entropy_textbook(h, targets, head):
+    return cross_entropy_textbook(head(h), targets)
 
 
 def head_cross_entropy(h: mx.array, targets: mx.array, head, reduction: str = "mean") -> mx.array:
@@ -238,10 +303,31 @@ def head_cross_entropy(h: mx.array, targets: mx.array, head, reduction: str = "m
     On the CPU the rows are split over :func:`parallel_streams`, each part computing its own
     logits and loss, so the (N, V) work runs on every core. The split includes the head matmul:
     slicing one full logits tensor instead would make the backward rebuild it at full size.
+    Elsewhere it is ``cross_entropy(head(h), targets)``.
     """
+    if mx.default_device() != mx.cpu:
+        return cross_entropy(head(h), targets, reduction)
     shape = targets.shape
     h = h.reshape(-1, h.shape[-1])
     targets = targets.reshape(-1)
     n = h.shape[0]
     parts = _over_rows(n, lambda stream, sl: _ce_rows(stream)(head(h[sl]), targets[sl])[0])
     return _reduce_rows(parts, n, shape, reduction)
+
+
+def lm_cross_entropy_textbook(model, inputs, targets):
+    return cross_entropy_textbook(model(inputs), targets)
+
+
+def lm_cross_entropy(model, inputs: mx.array, targets: mx.array, reduction: str = "mean",
+                     **forward) -> tuple[mx.array, tuple]:
+    """``(cross_entropy(model(inputs), targets), the forward's other outputs)``.
+
+    The model's one forward runs without its head (``head=False``: final hidden states) and the
+    head is applied by :func:`head_cross_entropy`, so on the CPU the vocabulary-sized work is
+    split over the cores. ``forward`` goes to the model (e.g. ``return_concepts=True``, whose
+    concept logits come back as the second element).
+    """
+    out = model(inputs, head=False, **forward)
+    h, rest = (out[0], tuple(out[1:])) if isinstance(out, tuple) else (out, ())
+    return head_cross_entropy(h, targets, model.logits, reduction), rest

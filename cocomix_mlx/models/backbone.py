@@ -133,7 +133,7 @@ class CoCoMixBackbone(GPT2Backbone):
         self.insert = model.args.insert_layer
 
     def hidden(self, tokens):
-        return self.model.hidden_states(tokens)
+        return self.model(tokens, head=False)
 
     def offset(self, cache):
         return self.model.token_offset(cache)

@@ -166,19 +166,15 @@ class Model(gpt2.TiedLM):
         when interleaved), through ``ln_f``."""
         return self.model.ln_f(concept_slots(h) if self.interleaves else h)
 
-    def hidden_states(self, inputs: mx.array, cache=None, return_concepts: bool = False,
-                      steering: Optional[Steering] = None):
-        """Final hidden states (B, T, d) after ``ln_f`` (and the concept logits if asked)."""
+    def __call__(self, inputs: mx.array, cache=None, return_concepts: bool = False,
+                 steering: Optional[Steering] = None, head: bool = True):
+        """Next-token logits (B, T, V) read at the concept slots, and the concept logits ``z``
+        (B, T, C) when ``return_concepts`` (None for pause). ``head=False``: the final hidden
+        states after ``ln_f`` in place of the logits."""
         m, a = self.model, self.args
         offset = self.token_offset(cache)
         h = m.run_blocks(m.embed(inputs, offset), 0, a.insert_layer, cache)
         h, z = self.mix(h, offset, steering)
         h = self.readout(m.run_blocks(h, a.insert_layer, a.n_layer, cache))
-        return (h, z) if return_concepts else h
-
-    def __call__(self, inputs: mx.array, cache=None, return_concepts: bool = False,
-                 steering: Optional[Steering] = None):
-        h, z = self.hidden_states(inputs, cache, True, steering)
-        logits = self.logits(h)
-        return (logits, z) if return_concepts else logits
-
+        out = self.logits(h) if head else h
+        return (out, z) if return_concepts else out

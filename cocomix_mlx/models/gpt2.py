@@ -16,7 +16,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.models.base import BaseModelArgs
 from mlx_lm.models.cache import KVCache
 
-from ..ops import causal_attention, gelu_tanh
+from .. import ops
 
 
 @dataclass
@@ -56,22 +56,9 @@ class Attention(nn.Module):
         q, k, v = (a.reshape(B, L, self.n_head, -1).transpose(0, 2, 1, 3) for a in (q, k, v))
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        if self.training and self.attn_pdrop > 0:
-            out = self._explicit_attention(q, k, v, mask)
-        elif cache is None and isinstance(mask, str) and mask == "causal":
-            out = causal_attention(q, k, v, self.scale)
-        else:
-            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        dropout = self.attn_dropout if self.training and self.attn_pdrop > 0 else None
+        out = ops.attention(q, k, v, self.scale, mask, dropout)
         return self.c_proj(out.transpose(0, 2, 1, 3).reshape(B, L, D))
-
-    def _explicit_attention(self, q, k, v, mask):
-        scores = (q * self.scale) @ k.swapaxes(-1, -2)
-        if isinstance(mask, str):
-            qL, kL = scores.shape[-2:]
-            mask = mx.arange(kL - qL, kL)[:, None] >= mx.arange(kL)[None]
-        if mask is not None:
-            scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
-        return self.attn_dropout(mx.softmax(scores, axis=-1, precise=True)) @ v
 
 
 class MLP(nn.Module):
@@ -81,7 +68,7 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * args.n_embd, args.n_embd)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.c_proj(gelu_tanh(self.c_fc(x)))
+        return self.c_proj(ops.gelu(self.c_fc(x)))
 
 
 class Block(nn.Module):
@@ -153,13 +140,12 @@ class TiedLM(nn.Module):
 class Model(TiedLM):
     """GPT-2 language model."""
 
-    def hidden_states(self, inputs: mx.array, cache=None) -> mx.array:
-        """Final hidden states (B, T, d) after ``ln_f``."""
+    def __call__(self, inputs: mx.array, cache=None, head: bool = True) -> mx.array:
+        """Next-token logits (B, T, V); with ``head=False`` the final hidden states (B, T, d)
+        after ``ln_f`` that the head reads."""
         m = self.model
-        return m.ln_f(m.run_blocks(m.embed(inputs, cache_offset(cache)), 0, len(m.h), cache))
-
-    def __call__(self, inputs: mx.array, cache=None) -> mx.array:
-        return self.logits(self.hidden_states(inputs, cache))
+        h = m.ln_f(m.run_blocks(m.embed(inputs, cache_offset(cache)), 0, len(m.h), cache))
+        return self.logits(h) if head else h
 
 
 def init_weights(model: nn.Module, n_layer: int, seed: int = 0) -> None:
