@@ -41,7 +41,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 sys.path.insert(0, str(Path(__file__).parent))
 from train_step import CONFIGS  # noqa: E402
 
-from cocomix_mlx.config import ConceptConfig  # noqa: E402
+from cocomix_mlx.config import ConceptConfig, ObjectiveConfig  # noqa: E402
 
 MODES = ("ntp", "cocomix", "cocomix-labels")
 SAE_K = 32  # TopK of the SAE's activation
@@ -144,6 +144,7 @@ def concept_loss(z, labels, valid):
 def make_step(mode: str, spec: dict, x, y):
     m = spec["model"]
     cc = ConceptConfig(**spec.get("concept", CONFIGS["d256"]["concept"]))
+    obj = ObjectiveConfig(**spec.get("objective", CONFIGS["d256"]["objective"]))
     model = (gpt2(m, 0) if mode == "ntp" else CoCoMixGPT2(m, cc)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), eps=1e-8,
                             weight_decay=0.1)
@@ -151,7 +152,7 @@ def make_step(mode: str, spec: dict, x, y):
     if mode != "ntp":
         teacher = gpt2(m, 1).eval().requires_grad_(False)
         sae = TopKSAE(m["n_embd"], cc.concept_dim, SAE_K)
-        labels = lambda: attribution_labels(teacher, sae, x, y, cc.sae_layer, cc.k_attr)  # noqa
+        labels = lambda: attribution_labels(teacher, sae, x, y, obj.sae_layer, obj.k_attr)  # noqa
         if mode == "cocomix-labels":
             fixed = labels()
             labels = lambda: fixed  # noqa: E731
@@ -164,7 +165,7 @@ def make_step(mode: str, spec: dict, x, y):
             concept_labels, valid = labels()
             logits, z = model(x)
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten()) \
-                + cc.lam * concept_loss(z, concept_labels, valid)
+                + obj.lam * concept_loss(z, concept_labels, valid)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

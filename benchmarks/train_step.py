@@ -26,7 +26,7 @@ import numpy as np
 
 from cocomix_mlx.backend import BLAS, device_name, matmul_gflops
 from cocomix_mlx import objectives
-from cocomix_mlx.config import ConceptConfig, ModelConfig, TrainConfig
+from cocomix_mlx.config import ConceptConfig, ModelConfig, ObjectiveConfig, TrainConfig
 from cocomix_mlx.models import build_model
 from cocomix_mlx.models.sae import SAEConfig, TopKSAE
 from cocomix_mlx.trainer import compile_steps, make_optimizer
@@ -34,7 +34,8 @@ from cocomix_mlx.trainer import compile_steps, make_optimizer
 CONFIGS = {
     "d256": dict(model=dict(n_embd=256, n_layer=6, n_head=8, vocab_size=8192, n_positions=256),
                  batch_size=8, seq_len=256,
-                 concept=dict(concept_dim=4096, concept_num=32, insert_layer=3, sae_layer=3)),
+                 concept=dict(concept_dim=4096, concept_num=32, insert_layer=3),
+                 objective=dict(sae_layer=3)),
     "d512": dict(model=dict(n_embd=512, n_layer=8, n_head=8, vocab_size=8192, n_positions=512),
                  batch_size=4, seq_len=512),
 }
@@ -46,22 +47,23 @@ def step_flops(mcfg: ModelConfig, seq_len: int) -> float:
     return 6 * n + 12 * L * seq_len * d
 
 
-def make_objective(mode: str, mcfg: ModelConfig, concept: ConceptConfig, stored: bool = False):
+def make_objective(mode: str, mcfg: ModelConfig, concept: ConceptConfig, objective: ObjectiveConfig,
+                   stored: bool = False):
     """The objective of ``mode`` with a random teacher of the student's shape and a random SAE
     (``stored``: CoCoMix with labels read from a label store, no teacher in the step)."""
     if mode in ("ntp", "pause"):
         return objectives.ntp
     if mode == "cocomix" and stored:
-        return objectives.cocomix_from_store(concept)
+        return objectives.cocomix_from_store(objective)
     teacher = build_model(mcfg, seed=1)
     teacher.eval()
     teacher.freeze()
     if mode == "kd":
-        return objectives.kd(teacher, concept.kd_weight)
+        return objectives.kd(teacher, objective.kd_weight)
     sae = TopKSAE(SAEConfig(d=mcfg.n_embd, latents=concept.concept_dim, k=32))
     sae.encoder.weight = sae.decoder.weight.T
     sae.freeze()
-    return objectives.cocomix(teacher, sae, concept)
+    return objectives.cocomix(teacher, sae, objective)
 
 
 def run(name: str, spec: dict, steps: int, mode: str, peak: float, stored: bool = False) -> dict:
@@ -69,17 +71,18 @@ def run(name: str, spec: dict, steps: int, mode: str, peak: float, stored: bool 
     tcfg = TrainConfig(batch_size=spec["batch_size"], seq_len=spec["seq_len"], steps=1000,
                        mode=mode)
     concept = ConceptConfig(**spec.get("concept", {}))
+    objective = ObjectiveConfig(**spec.get("objective", {}))
     model = build_model(mcfg, mode=mode, concept=concept)
     optimizer = make_optimizer(tcfg)
     optimizer.init(model.trainable_parameters())
     stored = stored and mode == "cocomix"
-    fns = compile_steps(model, make_objective(mode, mcfg, concept, stored), optimizer, tcfg)
+    fns = compile_steps(model, make_objective(mode, mcfg, concept, objective, stored), optimizer, tcfg)
     rng = np.random.default_rng(0)
     shape = (tcfg.batch_size, tcfg.seq_len)
     x = mx.array(rng.integers(0, mcfg.vocab_size, shape, dtype=np.int32))
     y = mx.array(rng.integers(0, mcfg.vocab_size, shape, dtype=np.int32))
     if stored:  # a batch as LabeledDataset gives it: (targets, labels, flags)
-        labels = rng.integers(0, concept.concept_dim, (*shape, concept.k_attr), dtype=np.int32)
+        labels = rng.integers(0, concept.concept_dim, (*shape, objective.k_attr), dtype=np.int32)
         y = (y, mx.array(labels), mx.full(shape, 2, mx.uint8))
     for _ in range(2):
         mx.eval(fns.fused(x, y), model.state, optimizer.state)

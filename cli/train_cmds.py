@@ -24,7 +24,7 @@ def pretrain(
     sae_layer: Optional[int] = typer.Option(None, "--sae-layer", help="Teacher block the SAE reads."),
     labels: Optional[Path] = typer.Option(
         None, "--labels", help="Label store from `cocomix labels build` (cocomix): no teacher "
-                               "in the step. The label kind is --concept.labels."),
+                               "in the step. The label kind is --objective.labels."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
 ):
@@ -50,13 +50,13 @@ def pretrain(
     if config is not None:
         explicit.add("model.vocab_size")
     if labels is not None and not resume:
-        mode, cfg.concept.label_store = "cocomix", str(labels)
+        mode, cfg.objective.label_store = "cocomix", str(labels)
     if mode:
         cfg.train.mode = mode
     for key, value in (("teacher", teacher), ("sae", sae), ("sae_layer", sae_layer)):
         if value is not None:
-            setattr(cfg.concept, key, str(value) if isinstance(value, Path) else value)
-            explicit.add(f"concept.{key}")
+            setattr(cfg.objective, key, str(value) if isinstance(value, Path) else value)
+            explicit.add(f"objective.{key}")
     if not resume:
         follow_sources(cfg, load_meta(data), explicit)
     trainer = make_run(cfg, data, out, resume=resume, force=force)
@@ -74,7 +74,7 @@ def config_keys_help() -> str:
     from cocomix_mlx.config import describe_keys
 
     lines = ["Config keys (--KEY VALUE; a bare key works when unambiguous; a TOML --config has "
-             "[model], [train] and [concept] tables):"]
+             "[model], [train], [concept] and [objective] tables):"]
     lines += [f"--{key} [{default}]  {meaning}" for key, default, meaning in describe_keys()]
     return "\n".join(lines)
 

@@ -66,7 +66,8 @@ class TrainConfig:
 
 @dataclass
 class ConceptConfig:
-    """CoCoMix concept head, its teacher and labels; also the KD and pause baselines.
+    """CoCoMix's concept architecture: part of the model (its concept head, TopK, compression and
+    mixing), saved in the checkpoint's ``config.json``.
 
     Names follow the official run config where one exists (``concept_dim`` = C latents,
     ``concept_num`` = TopK k, ``insert_layer`` = ``insert_layer_index``).
@@ -76,6 +77,13 @@ class ConceptConfig:
     concept_num: int = 32  # concepts kept by the TopK before compression (k)
     insert_layer: int = 5  # the concept is mixed in before this block (0-based)
     mixing: str = "interleave"  # "interleave" | "add" (ablation) | "none" (no mixing, ablation)
+
+
+@dataclass
+class ObjectiveConfig:
+    """What the model is trained against beyond the next token: CoCoMix's teacher, SAE and
+    labels, and the KD baseline's weight. Not part of the model."""
+
     teacher: str = ""  # checkpoint dir of the frozen teacher (cocomix and kd modes)
     sae: str = ""  # SAE dir trained on the teacher's layer ``sae_layer``
     sae_layer: int = 5  # teacher block whose output residual the SAE reads (0-based)
@@ -87,7 +95,10 @@ class ConceptConfig:
     kd_weight: float = 0.1  # KD baseline: NTP + kd_weight · KL(teacher ‖ student)
 
 
-SECTIONS = ("model", "train", "concept")
+SECTIONS = ("model", "train", "concept", "objective")
+# Keys that configs and checkpoints written before the objective had its own section keep under
+# [concept] (and ``--concept.lam`` style overrides): read as their ``objective.*`` key.
+_MOVED = {f.name for f in fields(ObjectiveConfig)}
 _FIELD = re.compile(r"^    (\w+): [^=]+= (.+?)  # (.+)$")
 
 
@@ -108,9 +119,9 @@ _RANGES = [
     ("train.save_every", 0, None, ">= 0"), ("train.log_every", 1, None, "positive"),
     ("train.seed", 0, None, ">= 0"),
     ("concept.concept_dim", 1, None, "positive"), ("concept.concept_num", 1, None, "positive"),
-    ("concept.insert_layer", 0, None, ">= 0"), ("concept.sae_layer", 0, None, ">= 0"),
-    ("concept.k_attr", 1, None, "positive"), ("concept.lam", 0, 1e6, "in [0, 1e6]"),
-    ("concept.kd_weight", 0, 1e6, "in [0, 1e6]"),
+    ("concept.insert_layer", 0, None, ">= 0"), ("objective.sae_layer", 0, None, ">= 0"),
+    ("objective.k_attr", 1, None, "positive"), ("objective.lam", 0, 1e6, "in [0, 1e6]"),
+    ("objective.kd_weight", 0, 1e6, "in [0, 1e6]"),
 ]
 
 
@@ -133,7 +144,7 @@ def describe_keys() -> list[tuple[str, str, str]]:
     """``(key, default, meaning)`` of every config key, from the dataclasses' own source (each
     field's comment is its meaning): the one source of the option list in ``pretrain --help``."""
     rows = []
-    for section, cls in zip(SECTIONS, (ModelConfig, TrainConfig, ConceptConfig)):
+    for section, cls in zip(SECTIONS, (ModelConfig, TrainConfig, ConceptConfig, ObjectiveConfig)):
         known = {f.name for f in fields(cls)}
         for line in inspect.getsource(cls).splitlines():
             m = _FIELD.match(line)
@@ -147,6 +158,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     concept: ConceptConfig = field(default_factory=ConceptConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
@@ -174,7 +186,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": dict(n_embd=256, n_layer=6, n_head=8, n_positions=256),
         "train": dict(mode="cocomix", seq_len=256, batch_size=8, lr=1e-3, steps=600,
                       eval_every=100, save_every=200),
-        "concept": dict(concept_dim=4096, insert_layer=3, sae_layer=3),
+        "concept": dict(concept_dim=4096, insert_layer=3),
+        "objective": dict(sae_layer=3),
     },
     "cocomix-69m": {
         "model": dict(vocab_size=50257, n_embd=512, n_layer=8, n_head=8, **_CTX),
@@ -242,9 +255,11 @@ def set_value(cfg: Config, key: str, value: Any) -> str:
     key = key.lstrip("-").replace("-", "_")
     if "." in key:
         sec_name, name = key.split(".", 1)
+        if sec_name == "concept" and name in _MOVED:
+            sec_name = "objective"
         if sec_name not in SECTIONS:
-            raise ConfigError(f"unknown config section '{sec_name}' (use model.*, train.* or "
-                              "concept.*)")
+            raise ConfigError(f"unknown config section '{sec_name}' (use model.*, train.*, "
+                              "concept.* or objective.*)")
         owners = [sec_name] if name in _field_types(_section(cfg, sec_name)) else []
     else:
         name = key
@@ -292,7 +307,7 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
     for sec, values in data.items():
         if sec not in SECTIONS or not isinstance(values, dict):
             raise ConfigError(f"unknown config section '{sec}' (expected [model], [train], "
-                              "[concept])")
+                              "[concept], [objective])")
         for key, value in values.items():
             set_value(cfg, f"{sec}.{key}", value)
     return cfg

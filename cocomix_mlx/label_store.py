@@ -137,7 +137,7 @@ class LabelStore:
                             f"{data_dir}; build one for this data with `cocomix labels build`")
         if kind is not None and kind != self.meta["kind"]:
             raise ConfigError(f"the label store holds {self.meta['kind']} labels, not {kind}; "
-                              f"set --concept.labels {self.meta['kind']} or build another store")
+                              f"set --objective.labels {self.meta['kind']} or build another store")
         if latents is not None and latents != self.latents:
             raise ConfigError(f"the label store's SAE has {self.latents} latents but concept_dim "
                               f"is {latents}; set --concept-dim {self.latents}")

@@ -15,7 +15,7 @@ import mlx.nn as nn
 
 from .concepts import (activation_labels, attribution_labels, check_sae, concept_loss,
                        concept_recall)
-from .config import Config, ConceptConfig
+from .config import Config, ObjectiveConfig
 from .errors import ConfigError
 from .models.backbone import backbone
 from .ops import cross_entropy, lm_cross_entropy
@@ -30,7 +30,7 @@ def ntp(model: nn.Module, inputs: mx.array, targets: mx.array):
     return loss, {"ntp_loss": loss}
 
 
-def concept_objective(cc: ConceptConfig, labels_of) -> Objective:
+def concept_objective(cc: ObjectiveConfig, labels_of) -> Objective:
     """``CE_ntp + λ · mean_i CE(concept_logits, label_i)`` with ``labels_of(inputs, targets)``
     giving ``(next-token targets, labels, valid)`` (labels ``None``: NTP on the mixing model)."""
 
@@ -48,7 +48,7 @@ def concept_objective(cc: ConceptConfig, labels_of) -> Objective:
     return objective
 
 
-def cocomix(teacher: Optional[nn.Module], sae, cc: ConceptConfig) -> Objective:
+def cocomix(teacher: Optional[nn.Module], sae, cc: ObjectiveConfig) -> Objective:
     """CoCoMix with labels from ``teacher`` + ``sae`` computed in the step.
 
     With ``λ = 0`` (the mixing-only ablation) no teacher is needed.
@@ -64,7 +64,7 @@ def cocomix(teacher: Optional[nn.Module], sae, cc: ConceptConfig) -> Objective:
     return concept_objective(cc, labels_of)
 
 
-def cocomix_from_store(cc: ConceptConfig) -> Objective:
+def cocomix_from_store(cc: ObjectiveConfig) -> Objective:
     """CoCoMix with labels read from a label store: ``targets`` is ``(next tokens, labels,
     flags)`` (``labels.LabeledDataset``). Flag 2 marks a labelled position, 1 one whose scores
     were all zero (used only with ``mask_zero_rows = false``, as in the step), 0 no label."""
@@ -109,10 +109,10 @@ def load_frozen(path: str | Path, dtype: str = "float32") -> tuple[nn.Module, di
 
 
 def load_teacher(cfg: Config, data_meta: dict | None = None) -> nn.Module:
-    """The frozen teacher of ``cfg.concept.teacher``, checked against the student's data."""
+    """The frozen teacher of ``cfg.objective.teacher``, checked against the student's data."""
     from .tokenizer import load_tokenizer
 
-    path = cfg.concept.teacher
+    path = cfg.objective.teacher
     if not path:
         raise ConfigError(f"--mode {cfg.train.mode} needs a teacher: pass --teacher DIR")
     teacher, tconfig = load_frozen(path, cfg.train.dtype)
@@ -130,7 +130,7 @@ def load_teacher(cfg: Config, data_meta: dict | None = None) -> nn.Module:
 
 def build_objective(cfg: Config, data_meta: dict | None = None) -> Objective:
     """The objective of ``cfg.train.mode``, loading the teacher and SAE it needs."""
-    mode, cc = cfg.train.mode, cfg.concept
+    mode, cc = cfg.train.mode, cfg.objective
     if mode not in MODES:
         raise ConfigError(f"unknown mode '{mode}'; available: {', '.join(MODES)}")
     if mode in ("ntp", "pause"):
@@ -142,7 +142,7 @@ def build_objective(cfg: Config, data_meta: dict | None = None) -> Objective:
                               f"student {cfg.model.vocab_size}")
         return kd(teacher, cc.kd_weight)
     if cc.labels not in ("attribution", "activation"):
-        raise ConfigError(f"concept.labels must be attribution or activation, not {cc.labels!r}")
+        raise ConfigError(f"objective.labels must be attribution or activation, not {cc.labels!r}")
     if cc.lam == 0:
         return cocomix(None, None, cc)
     if cc.label_store:
@@ -160,9 +160,9 @@ def build_objective(cfg: Config, data_meta: dict | None = None) -> Objective:
     if not 0 <= cc.sae_layer < depth:
         raise ConfigError(f"--sae-layer {cc.sae_layer} is out of range for a teacher with "
                           f"{depth} blocks")
-    if sae.cfg.latents != cc.concept_dim:
+    if sae.cfg.latents != cfg.concept.concept_dim:
         raise ConfigError(f"the SAE has {sae.cfg.latents} latents but concept_dim is "
-                          f"{cc.concept_dim}; set --concept-dim {sae.cfg.latents}")
+                          f"{cfg.concept.concept_dim}; set --concept-dim {sae.cfg.latents}")
     if not 0 < cc.k_attr <= sae.cfg.k:
         raise ConfigError(f"k_attr={cc.k_attr} must be in 1..{sae.cfg.k} (the SAE's k)")
     return cocomix(teacher, sae, cc)

@@ -23,25 +23,25 @@ def follow_sources(cfg: Config, meta: dict, explicit: frozenset[str] | set[str] 
     ``explicit`` (the full keys a user set, e.g. ``{"concept.concept_dim"}``): the vocabulary
     from the data; ``concept_dim`` and ``sae_layer`` from the SAE; ``concept_dim`` and
     ``k_attr`` from a label store."""
-    cc = cfg.concept
+    cc, obj = cfg.concept, cfg.objective
     if "model.vocab_size" not in explicit:
         cfg.model.vocab_size = meta["vocab_size"]
-    if cc.sae and not cc.label_store:
+    if obj.sae and not obj.label_store:
         from .models.sae import load_sae
 
-        sae = load_sae(cc.sae).cfg
+        sae = load_sae(obj.sae).cfg
         if "concept.concept_dim" not in explicit:
             cc.concept_dim = sae.latents
-        if "concept.sae_layer" not in explicit and sae.layer is not None:
-            cc.sae_layer = sae.layer
-    if cc.label_store:
+        if "objective.sae_layer" not in explicit and sae.layer is not None:
+            obj.sae_layer = sae.layer
+    if obj.label_store:
         from .labels import LabelStore
 
-        store = LabelStore(cc.label_store)
+        store = LabelStore(obj.label_store)
         if "concept.concept_dim" not in explicit:
             cc.concept_dim = store.latents
-        if "concept.k_attr" not in explicit:
-            cc.k_attr = store.k_attr
+        if "objective.k_attr" not in explicit:
+            obj.k_attr = store.k_attr
     return cfg
 
 

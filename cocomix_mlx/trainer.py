@@ -280,13 +280,13 @@ class Trainer:
 
 def open_datasets(cfg: Config, data_dir: Path) -> tuple[TokenDataset, TokenDataset]:
     """Training and validation shards; with a label store (CoCoMix), they carry its labels."""
-    cc = cfg.concept
-    if cfg.train.mode != "cocomix" or not cc.label_store or cc.lam == 0:
+    obj = cfg.objective
+    if cfg.train.mode != "cocomix" or not obj.label_store or obj.lam == 0:
         return TokenDataset(data_dir, "train"), TokenDataset(data_dir, "val")
     from .labels import LabeledDataset, LabelStore
 
-    store = LabelStore(cc.label_store)
-    store.check(data_dir, kind=cc.labels, latents=cc.concept_dim, k_attr=cc.k_attr)
+    store = LabelStore(obj.label_store)
+    store.check(data_dir, kind=obj.labels, latents=cfg.concept.concept_dim, k_attr=obj.k_attr)
     return LabeledDataset(data_dir, "train", store), LabeledDataset(data_dir, "val", store)
 
 

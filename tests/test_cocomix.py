@@ -8,7 +8,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from cocomix_mlx.concepts import (activation_labels, activation_scores, attribution, attribution_labels,
                                  concept_labels, concept_recall, residual_and_grad, sparse_top)
-from cocomix_mlx.config import ConceptConfig, ModelConfig
+from cocomix_mlx.config import ConceptConfig, ModelConfig, ObjectiveConfig
 from cocomix_mlx.models import build_model
 from cocomix_mlx.models.backbone import backbone
 from cocomix_mlx.models.sae import SAEConfig, TopKSAE
@@ -181,12 +181,12 @@ def test_gradients_reach_predictor_through_kept_entries_and_concept_loss():
     kept = np.zeros(48, bool)
     kept[np.unique(np.argsort(-np.array(z), -1)[..., :3])] = True
     assert not kept.all()
-    ntp_only = cocomix_objective(None, None, ConceptConfig(lam=0.0))
+    ntp_only = cocomix_objective(None, None, ObjectiveConfig(lam=0.0))
     grads = nn.value_and_grad(model, lambda m, x, y: ntp_only(m, x, y)[0])(model, tokens, targets)[1]
     gb = np.array(grads["concept_predictor"]["bias"])
     assert (gb[~kept] == 0).all() and (np.abs(gb[kept]) > 0).all()
     teacher, sae = teacher_and_sae(C=48, k=6)
-    joint = cocomix_objective(teacher, sae, ConceptConfig(sae_layer=1, lam=0.1, k_attr=4))
+    joint = cocomix_objective(teacher, sae, ObjectiveConfig(sae_layer=1, lam=0.1, k_attr=4))
     (loss, metrics), grads = nn.value_and_grad(model, joint)(model, tokens, targets)
     gb = np.array(grads["concept_predictor"]["bias"])
     assert (np.abs(gb[~kept]) > 0).all()  # the concept loss reaches every logit
@@ -214,8 +214,9 @@ def cocomix_config(steps, teacher, sae, **train):
     cfg = small_config(steps, **train)
     cfg.train.mode = "cocomix"
     c = cfg.concept
-    c.concept_dim, c.concept_num, c.insert_layer, c.k_attr = 256, 8, 1, 4
-    c.teacher, c.sae, c.sae_layer = str(teacher), str(sae), 0
+    c.concept_dim, c.concept_num, c.insert_layer = 256, 8, 1
+    o = cfg.objective
+    o.k_attr, o.teacher, o.sae, o.sae_layer = 4, str(teacher), str(sae), 0
     return cfg
 
 

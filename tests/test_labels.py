@@ -139,8 +139,8 @@ def test_training_from_the_store_has_the_on_the_fly_losses(root, store_train, tm
                              seq_len=T, batch_size=B, eval_every=0, save_every=0)
         cfg.model.vocab_size, cfg.concept.concept_dim, cfg.concept.concept_num = 400, 128, 8
         if name == "store":
-            cfg.concept.teacher = cfg.concept.sae = ""
-            cfg.concept.label_store = str(root / "store_train")
+            cfg.objective.teacher = cfg.objective.sae = ""
+            cfg.objective.label_store = str(root / "store_train")
         make_trainer(cfg, root / "data", tmp_path / name).train()
         rows[name] = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text()
                       .splitlines()]
@@ -286,7 +286,7 @@ def test_bad_inputs_are_one_line_errors(root, store_train, tmp_path):
         (["pretrain", "--labels", root / "store_train", "--data", tmp_path / "other", *small],
          "other data"),
         (["pretrain", "--labels", root / "store_train", "--data", root / "data",
-          "--concept.labels", "activation", *small], "activation"),
+          "--objective.labels", "activation", *small], "activation"),
         (["pretrain", "--labels", root / "store_train", "--data", root / "data", "--mode", "kd",
           *small], "--mode cocomix"),
         (["pretrain", "--labels", root / "data", "--data", root / "data", *small], "label store"),
@@ -341,6 +341,6 @@ def test_store_without_a_validation_split_trains(root, tmp_path):
     assert store.split("val")[0].shape == (0, 4) and store.meta["val"]["tokens"] == 0
     cfg = cocomix_config(2, "", "", seq_len=T, batch_size=B, eval_every=0, save_every=0)
     cfg.model.vocab_size, cfg.concept.concept_dim, cfg.concept.concept_num = 400, 128, 8
-    cfg.concept.label_store = str(tmp_path / "s")
+    cfg.objective.label_store = str(tmp_path / "s")
     last = make_trainer(cfg, tmp_path / "d", tmp_path / "run").train()
     assert last["concept_loss"] > 0 and "val_loss" not in last

@@ -183,6 +183,29 @@ def test_make_run_guards_the_output_and_overrides_report_their_keys(mobydick_dat
     assert cfg.model.vocab_size == 777
 
 
+def test_objective_keys_have_their_own_section_and_old_configs_still_load(tmp_path):
+    """The concept architecture ([concept]) and the objective ([objective]) are separate
+    sections; a config or checkpoint written with the objective's keys under [concept] (and
+    ``--concept.lam`` style overrides) reads them as their objective keys."""
+    from cocomix_mlx.config import Config, apply_overrides, dumps_toml, load_toml
+
+    old = tmp_path / "old.toml"
+    old.write_text('[train]\nmode = "cocomix"\n[concept]\nconcept_dim = 64\ninsert_layer = 1\n'
+                   'lam = 0.5\nk_attr = 2\nteacher = "t"\nlabels = "activation"\n')
+    cfg = load_toml(old)
+    assert (cfg.concept.concept_dim, cfg.concept.insert_layer) == (64, 1)
+    o = cfg.objective
+    assert (o.lam, o.k_attr, o.teacher, o.labels) == (0.5, 2, "t", "activation")
+    assert not hasattr(cfg.concept, "lam")
+    new = tmp_path / "new.toml"
+    new.write_text(dumps_toml(cfg))
+    assert "[objective]\nteacher = " in new.read_text() and load_toml(new) == cfg
+    fresh = Config()
+    assert apply_overrides(fresh, ["--concept.lam", "0.25", "--sae-layer", "3"]) == \
+        {"objective.lam", "objective.sae_layer"}
+    assert (fresh.objective.lam, fresh.objective.sae_layer) == (0.25, 3)
+
+
 def test_pretrain_help_lists_every_config_key_with_default_and_meaning():
     import dataclasses
 
@@ -215,6 +238,8 @@ def test_a_checkpoint_config_reads_back_as_the_config_that_builds_it(mode, mixin
                                     n_head=4, dropout=0.1), mode=mode, concept=concept)
     cfg = config_from_hf(hf_config(model))
     assert cfg.train.mode == mode
+    if mode != "ntp":  # the concept section is exactly the architecture the model carries
+        assert cfg.concept == concept
     again = build_model(cfg.model, mode=cfg.train.mode, concept=cfg.concept)
     assert again.args == model.args and hf_config(again) == hf_config(model)
     with pytest.raises(ConfigError, match="GPT-2"):

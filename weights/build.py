@@ -108,7 +108,8 @@ def main() -> None:
     cfg = config(STUDENT["n_embd"], STUDENT["steps"], vocab, mode="cocomix")
     c = cfg.concept
     c.concept_dim, c.concept_num, c.insert_layer = SAE["latents"], STUDENT["concept_num"], STUDENT["insert_layer"]
-    c.teacher, c.sae, c.sae_layer = str(HERE / "teacher"), str(HERE / "sae"), SAE["layer"]
+    o = cfg.objective
+    o.teacher, o.sae, o.sae_layer = str(HERE / "teacher"), str(HERE / "sae"), SAE["layer"]
     train(cfg, WORK / "data", WORK / "cocomix")
     manifest["cocomix"] = ship(WORK / "cocomix", "cocomix")
     train(config(NTP_TWIN["n_embd"], NTP_TWIN["steps"], vocab), WORK / "data", WORK / "ntp")

@@ -94,7 +94,7 @@ def student_config(variant: str, seed: int, work: Path) -> Config:
         cfg = from_dict(read_toml(CONFIGS / "deep.toml"), base=cfg)
     cfg = from_dict(read_toml(CONFIGS / f"{kind}.toml"), base=cfg)
     apply_overrides(cfg, {"seed": seed, "concept.concept_dim": sae["latents"],
-                          "concept.sae_layer": sae["layer"], "teacher": str(work / "teacher"),
+                          "objective.sae_layer": sae["layer"], "teacher": str(work / "teacher"),
                           "sae": str(work / "sae")})
     if kind in WIDENED:  # the width (a multiple of n_head) whose count is nearest CoCoMix's
         widen(cfg, n_params(student_config(prefix + "cocomix", seed, work)))

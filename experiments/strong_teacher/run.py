@@ -161,8 +161,8 @@ def student_config(variant: str, seed: int, work: Path) -> Config:
     apply_overrides(cfg, {"seed": seed})
     if variant in STORES:
         store = cm.labels.open(work / f"labels-{STORES[variant]}")
-        apply_overrides(cfg, {"concept.label_store": str(store.path),
-                              "concept.concept_dim": store.latents, "concept.k_attr": store.k_attr})
+        apply_overrides(cfg, {"objective.label_store": str(store.path),
+                              "concept.concept_dim": store.latents, "objective.k_attr": store.k_attr})
     else:  # NTP, widened to the parameter count of CoCoMix with SmolLM2's concepts
         twin = from_dict(read_toml(CONFIGS / "cocomix.toml"),
                          base=from_dict(read_toml(CONFIGS / "base.toml")))
