@@ -101,6 +101,10 @@ def main() -> None:
         sys.exit(130)
     except typer.TyperException as e:  # usage errors (typer's own copy of click raises them)
         sys.exit(usage_error(e))
+    except OSError as e:  # a path the library reached without a typed error (e.g. under a file)
+        where = f" {e.filename}" if e.filename else ""
+        print_error(f"cannot use{where}: {e.strerror or e}; check the path and its permissions")
+        sys.exit(2)
 
 
 def usage_error(e: "typer.TyperException") -> int:

@@ -74,6 +74,10 @@ def quickstart(
 
     from .train_cmds import run_training
 
+    if steps < 1 or max_tokens < 1:
+        fail(f"--steps and --max-tokens must be positive, not {steps} and {max_tokens}")
+    if not -10 <= alpha <= 10:
+        fail(f"--alpha must lie in [-10, 10], not {alpha}")
     shipped = weights_dir(weights)
     refuse_existing(out, force, empty_ok=True)
     out.mkdir(parents=True, exist_ok=True)

@@ -40,9 +40,11 @@ def sae_train(
     """Train a TopK SAE on a teacher's residual stream (Gao et al. 2024 recipe)."""
     warn_if_slow_blas()
     from cocomix_mlx.checkpoint import load_model
+    from cocomix_mlx.files import refuse_inputs
     from cocomix_mlx.rundir import RunDirectory
     from cocomix_mlx.sae_trainer import SAETrainConfig, SAETrainer, sae_config_from_checkpoint
 
+    refuse_inputs(out, (teacher, data))
     RunDirectory.check(out, resume, force)
     if resume:
         cfg = sae_config_from_checkpoint(out)
@@ -124,7 +126,7 @@ def sae_describe(
     from cocomix_mlx.files import refuse_existing, write_json
     from cocomix_mlx.sae_analysis import describe
 
-    refuse_existing(out, force)
+    refuse_existing(out, force, inputs=(sae, teacher, data))
     check_tokenizer(teacher, data)
     model, tokenizer, net, layer = _load(sae, teacher, layer)
     result = describe(model, tokenizer, net, layer, data, batches=batches)

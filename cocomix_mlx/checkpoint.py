@@ -68,6 +68,11 @@ def load(path: str | Path, lazy: bool = False):
     from .compat import keep_leading_space
 
     model, config = load_model(path, lazy)
+    if not any((Path(path) / name).exists() for name in ("tokenizer.json", "tokenizer.model",
+                                                          "vocab.json")):
+        raise CheckpointError(f"no tokenizer in {path} (tokenizer.json, tokenizer.model or "
+                              "vocab.json); copy in the tokenizer files of the data it was "
+                              "trained on")
     try:
         tokenizer = load_tokenizer(Path(path), eos_token_ids=config.get("eos_token_id"))
     except (OSError, ValueError) as e:

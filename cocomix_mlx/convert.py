@@ -256,7 +256,7 @@ def convert_gpt2(src: str | Path, out: str | Path, force: bool = False,
     from .models import gpt2
 
     src, out = Path(src), Path(out)
-    refuse_existing(out, force)
+    refuse_existing(out, force, inputs=(src,))
     config = hf_gpt2_config(read_json(_source_dir(src) / "config.json"))
     weights = gpt2_weights_from_hf(load_tensors(src), config["n_layer"])
     model = _build(gpt2.ModelArgs, gpt2.Model, config, weights, dtype)
@@ -285,7 +285,7 @@ def convert_cocomix(src: str | Path, out: str | Path, concept_num: Optional[int]
     from .models import cocomix
 
     src, out = Path(src), Path(out)
-    refuse_existing(out, force)
+    refuse_existing(out, force, inputs=(src,))
     config = hf_gpt2_config(read_json(_source_dir(src) / "config.json"))
     run = read_run_yaml(src)
     weights = gpt2_weights_from_hf(load_tensors(src), config["n_layer"])
@@ -317,7 +317,7 @@ def convert_cocomix(src: str | Path, out: str | Path, concept_num: Optional[int]
 def _export(src: Path, out: Path, force: bool, want_cocomix: bool) -> tuple[Any, dict]:
     from .checkpoint import copy_tokenizer
 
-    refuse_existing(out, force)
+    refuse_existing(out, force, inputs=(src,))
     model, config = load_model(src)
     if ("cocomix" in config) != want_cocomix or config.get("model_type") != "gpt2":
         kind = "a CoCoMix" if want_cocomix else "an NTP GPT-2"

@@ -113,7 +113,7 @@ def convert_gguf(src: str | Path, out: str | Path, dtype: Optional[str] = None,
     from transformers import PreTrainedTokenizerFast
 
     src, out = Path(src), Path(out)
-    refuse_existing(out, force)
+    refuse_existing(out, force, inputs=(src,))
     try:
         weights, meta = mx.load(str(src), return_metadata=True)
     except (RuntimeError, ValueError, OSError) as e:

@@ -69,7 +69,7 @@ def convert_sae(src: str | Path, out: str | Path, force: bool = False,
                 location: Optional[str] = None) -> dict[str, Any]:
     """An OpenAI ``.pt`` or a SAELens directory → ``sae.safetensors`` + ``config.json``."""
     src, out = Path(src), Path(out)
-    refuse_existing(out, force)
+    refuse_existing(out, force, inputs=(src,))
     meta = {k: v for k, v in (("source_model", source_model), ("layer", layer),
                               ("location", location)) if v is not None}
     if src.is_dir() and (src / "sae_weights.safetensors").exists():

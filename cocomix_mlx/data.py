@@ -28,11 +28,7 @@ def prepare(inputs: list[str], tokenizer_dir: str, out_dir: str, val_fraction: f
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"--val-fraction must be in [0, 1), not {val_fraction}")
     out = Path(out_dir)
-    for source in [Path(p) for p in inputs] + [Path(tokenizer_dir)]:
-        if source.resolve() == out.resolve() or out.resolve() in source.resolve().parents:
-            raise DataError(f"--out {out} contains the input {source}; write the shards "
-                            "somewhere else")
-    refuse_existing(out, force)
+    refuse_existing(out, force, inputs=(*inputs, tokenizer_dir))
     tok = load_tokenizer(tokenizer_dir)
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
     meta: dict = {}

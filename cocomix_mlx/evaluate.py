@@ -81,9 +81,10 @@ def read_tasks(path: str | Path) -> list[dict]:
             continue
         try:
             item = json.loads(line)
-            ok = isinstance(item["context"], str) and len(item["choices"]) >= 2 and \
-                all(isinstance(c, str) and c for c in item["choices"]) and \
-                0 <= int(item["gold"]) < len(item["choices"])
+            choices, gold = item["choices"], item["gold"]
+            ok = isinstance(item["context"], str) and isinstance(choices, list) and \
+                len(choices) >= 2 and all(isinstance(c, str) and c for c in choices) and \
+                type(gold) is int and 0 <= gold < len(choices)  # not "0", true or 0.0
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             ok = False
         if not ok:
@@ -119,6 +120,8 @@ def last_word_items(text: str, n: int = 200, min_words: int = 40) -> list[dict]:
     """LAMBADA-style items from running text: each paragraph of at least ``min_words`` words
     whose last word is alphabetic becomes (context = everything before that word, target =
     " " + the word)."""
+    if n < 1:
+        raise ConfigError(f"--n must be positive, not {n}")
     items = []
     for para in re.split(r"\n\s*\n", text):
         para = " ".join(para.split())

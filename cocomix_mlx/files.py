@@ -4,6 +4,7 @@ it imports nothing else of the package but its errors."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -21,14 +22,30 @@ def _old_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.old")
 
 
-def refuse_existing(path: str | Path, force: bool, empty_ok: bool = False) -> None:
+def refuse_existing(path: str | Path, force: bool, empty_ok: bool = False,
+                    inputs: tuple = ()) -> None:
     """The one guard of every writer: an existing output (a non-empty one, with ``empty_ok``)
-    is replaced only with ``--force``."""
+    is replaced only with ``--force``, and never when it is, or holds, one of ``inputs`` (the
+    files and directories the command reads), with or without ``--force``."""
     path = Path(path)
+    refuse_inputs(path, inputs)
     if path.exists() and not force and not (empty_ok and path.is_dir() and
                                             not any(path.iterdir())):
         raise ConfigError(f"{path} already exists; pass --force to replace it or choose another "
                           "output")
+
+
+def refuse_inputs(path: str | Path, inputs) -> None:
+    """Refuse an output that is, or is a directory holding, one of ``inputs``: replacing it
+    would delete what the command reads."""
+    out = Path(path).resolve()
+    for source in inputs:
+        if source is None or str(source) == "":
+            continue
+        real = Path(source).resolve()
+        if real == out or out in real.parents:
+            raise ConfigError(f"the output {path} {'is' if real == out else 'holds'} the input "
+                              f"{source}; choose another output")
 
 
 def recover(path: str | Path) -> Path:
@@ -114,7 +131,17 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def save_weights(path: Path, tree: Any) -> None:
-    mx.save_safetensors(str(path), dict(tree_flatten(tree)), metadata={"format": "mlx"})
+    """Write ``tree``'s arrays as safetensors. MLX reports a failed write as a RuntimeError; it
+    becomes the OSError it is (no space left when the file system lacks room for the arrays),
+    which the atomic writers turn into a one-line error."""
+    arrays = dict(tree_flatten(tree))
+    try:
+        mx.save_safetensors(str(path), arrays, metadata={"format": "mlx"})
+    except RuntimeError as e:
+        st = os.statvfs(Path(path).parent)
+        full = st.f_bavail * st.f_frsize < sum(a.nbytes for a in arrays.values())
+        raise OSError(errno.ENOSPC if full else errno.EIO,
+                      "No space left on device" if full else str(e), str(path)) from None
 
 
 def load_weights(path: Path) -> dict[str, mx.array]:

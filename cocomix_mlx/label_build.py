@@ -154,7 +154,7 @@ def build(teacher: str | Path, sae: str | Path, data: str | Path, out: str | Pat
     partial = out.with_name(f".{out.name}.partial")
     if resume and force:
         raise ConfigError("--resume and --force exclude each other")
-    refuse_existing(out, force)
+    refuse_existing(out, force, inputs=(data, teacher, sae))
     if partial.exists() and not resume:
         if not force:
             raise ConfigError(f"an interrupted build of {out} is in {partial}; pass --resume to "

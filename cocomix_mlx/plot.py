@@ -37,10 +37,12 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, smooth: int = 1,
         import matplotlib.pyplot as plt
     except ImportError:
         raise ConfigError('plotting needs matplotlib: pip install "cocomix-mlx[plot]"') from None
+    if smooth < 1:
+        raise ConfigError(f"--smooth must be at least 1 (1: no smoothing), not {smooth}")
     out = Path(out)
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise ConfigError(f"--out must end in .png, .pdf or .svg, not {out.name}")
-    refuse_existing(out, force)
+    refuse_existing(out, force, inputs=run_dirs)
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, run in enumerate(run_dirs):
         curves = read_metrics(run)

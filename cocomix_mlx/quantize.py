@@ -36,7 +36,7 @@ def quantize_checkpoint(src: str | Path, out: str | Path, bits: int = 4, group_s
     if group_size not in GROUP_SIZES:
         raise ConfigError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}")
     out = Path(out)
-    refuse_existing(out, force)
+    refuse_existing(out, force, inputs=(src,))
     model, config = load_model(src)
     if "quantization" in config:
         raise ConfigError(f"{src} is already quantized; start from the full-precision checkpoint")

@@ -11,6 +11,7 @@ import mlx.nn as nn
 
 from .config import Config, validate
 from .data import load_meta
+from . import files
 from .errors import ConfigError
 from .rundir import RunDirectory
 
@@ -60,6 +61,9 @@ def make_run(cfg: Optional[Config], data_dir: str | Path, out_dir: str | Path,
     from .trainer import Trainer
 
     out = Path(out_dir)
+    if cfg is not None:
+        obj = cfg.objective
+        files.refuse_inputs(out, (data_dir, obj.teacher, obj.sae, obj.label_store))
     if resume == "auto":
         resume = RunDirectory(out).has_checkpoint()
         force = not resume

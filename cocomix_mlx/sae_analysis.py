@@ -12,12 +12,14 @@ import numpy as np
 
 from .concepts import check_sae
 from .data import TokenDataset, check_vocab, load_meta
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .models.backbone import backbone
 from .ops import cross_entropy
 
 
 def _windows(data_dir: str | Path, split: str, batch_size: int, seq_len: int, batches: int):
+    if batches < 1:
+        raise ConfigError(f"--batches must be positive, not {batches}")
     data = TokenDataset(data_dir, split)
     out = list(data.eval_batches(batch_size, seq_len, batches))
     if not out:

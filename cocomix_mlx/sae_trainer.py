@@ -33,6 +33,19 @@ from .ops import topk_indices
 from .rundir import RunDirectory, largest_magnitude
 
 
+# (field, low, high, what): the range each setting must lie in (None: open above).
+_SAE_RANGES = [
+    ("layer", 0, None, ">= 0"), ("latents", 1, None, "positive"), ("k", 1, None, "positive"),
+    ("tokens", 1, None, "positive"), ("batch_tokens", 1, None, "positive"),
+    ("seq_len", 2, None, "at least 2"), ("buffer_steps", 1, None, "at least 1"),
+    ("reuse", 1, None, "at least 1"), ("lr", 0, 1.0, "in [0, 1] (0: the default)"),
+    ("warmup_steps", 0, None, ">= 0"), ("decay_fraction", 0, 1, "in [0, 1]"),
+    ("auxk_coef", 0, None, ">= 0"), ("auxk", 0, None, ">= 0"), ("dead_tokens", 0, None, ">= 0"),
+    ("seed", 0, None, ">= 0"), ("log_every", 1, None, "positive"),
+    ("save_every", 0, None, ">= 0"),
+]
+
+
 @dataclass
 class SAETrainConfig:
     layer: int = 0
@@ -54,9 +67,13 @@ class SAETrainConfig:
     save_every: int = 500
 
     def __post_init__(self) -> None:
-        if not 0 <= self.decay_fraction <= 1 or self.buffer_steps < 1 or self.reuse < 1:
-            raise ConfigError("the learning-rate decay fraction must lie in [0, 1]; buffer steps "
-                              "and reuse must be at least 1")
+        for name, low, high, what in _SAE_RANGES:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= low and (high is None or value <= high)):
+                flag = "lr-decay" if name == "decay_fraction" else name.replace("_", "-")
+                raise ConfigError(f"--{flag} must be {what}, not {value}")
+        if self.k > self.latents:
+            raise ConfigError(f"--k ({self.k}) cannot exceed --latents ({self.latents})")
 
     @property
     def steps(self) -> int:

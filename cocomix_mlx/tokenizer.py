@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .errors import ConfigError, DataError
-from .files import refuse_existing
+from .files import refuse_existing, refuse_inputs
 
 EOS = "<|endoftext|>"
 SPECIALS = {"unk": "<unk>", "bos": "<s>", "eos": EOS}
@@ -73,10 +73,11 @@ def _save_hf(tok, out_dir: Path, bos: str | None, eos: str, unk: str | None) -> 
     fast.save_pretrained(str(out_dir))
 
 
-def _write_dir(out_dir: str | Path, force: bool, write: Callable[[Path], None]) -> Path:
+def _write_dir(out_dir: str | Path, force: bool, write: Callable[[Path], None],
+               inputs: tuple = ()) -> Path:
     """Build ``out_dir`` in a temporary sibling and move it into place."""
     out = Path(out_dir)
-    refuse_existing(out, force)
+    refuse_existing(out, force, inputs=inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -123,7 +124,7 @@ def train_tokenizer(inputs: list[str], vocab_size: int, out_dir: str | Path,
         _save_hf(sentencepiece_to_hf(tmp / "tokenizer.model"), tmp, SPECIALS["bos"], EOS,
                  SPECIALS["unk"])
 
-    return _write_dir(out_dir, force, write)
+    return _write_dir(out_dir, force, write, inputs=tuple(inputs))
 
 
 def tokenizer_from_gpt2_files(encoder_json: str | Path, vocab_bpe: str | Path,
@@ -139,12 +140,14 @@ def tokenizer_from_gpt2_files(encoder_json: str | Path, vocab_bpe: str | Path,
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([EOS])
-    return _write_dir(out_dir, force, lambda tmp: _save_hf(tok, tmp, EOS, EOS, EOS))
+    return _write_dir(out_dir, force, lambda tmp: _save_hf(tok, tmp, EOS, EOS, EOS),
+                      inputs=(encoder_json, vocab_bpe))
 
 
 def build_tokenizer(inputs: list[str], vocab_size: int, out_dir: str | Path,
                     force: bool = False, progress: Progress | None = None) -> dict:
     """``cocomix tokenizer train``: import an existing tokenizer or train a new one."""
+    refuse_inputs(out_dir, inputs)
     paths = [Path(p) for p in inputs]
     if len(paths) == 1 and paths[0].is_dir() and (paths[0] / "tokenizer.json").exists():
         src = paths[0]

@@ -88,7 +88,7 @@ def test_data_prepare_never_writes_over_its_own_input(tmp_path):
     for out in (corpus, tmp_path):
         r = cocomix("data", "prepare", corpus, "--tokenizer", root / "weights" / "cocomix",
                     "--out", out, "--force")
-        assert r.returncode == 2 and "contains the input" in r.stderr, r.stderr
+        assert r.returncode == 2 and "the input" in r.stderr, r.stderr
     assert (corpus / "a.txt").read_text().startswith("The sea")
 
 
