@@ -27,7 +27,7 @@ def _maybe_quantize(out: Path, bits: Optional[int], group_size: int) -> None:
         return
     from cocomix_mlx.quantize import quantize_checkpoint
 
-    r = quantize_checkpoint(out, out, bits, group_size, force=True)
+    r = quantize_checkpoint(out, out, bits, group_size, in_place=True)
     console.print(f"quantized to {bits} bits (group {group_size}): "
                   f"{r['bytes_before'] / 2**20:.1f} MB → {r['bytes_after'] / 2**20:.1f} MB")
 

@@ -20,7 +20,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from .checkpoint import load_model
-from .files import atomic_directory, refuse_existing, write_json
+from .files import atomic_directory, refuse_existing, save_weights, write_json
 from .errors import CheckpointError, ConfigError
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -345,9 +345,8 @@ def _export(src: Path, out: Path, force: bool, want_cocomix: bool) -> tuple[Any,
             if "sae_layer" in c:
                 lines.append(f"sae_layer_index: {c['sae_layer']}")
             (tmp / "config.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        mx.save_safetensors(str(tmp / "model.safetensors"),
-                            {k: v.astype(mx.float32) for k, v in weights.items()},
-                            metadata={"format": "pt"})
+        save_weights(tmp / "model.safetensors",
+                     {k: v.astype(mx.float32) for k, v in weights.items()}, fmt="pt")
         write_json(tmp / "config.json", hf)
 
     atomic_directory(out, write)

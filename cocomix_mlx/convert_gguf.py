@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import mlx.core as mx
 
-from .files import atomic_directory, refuse_existing, write_json
+from .files import atomic_directory, refuse_existing, save_weights, write_json
 from .errors import CheckpointError, ConfigError
 
 NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
@@ -130,7 +130,7 @@ def convert_gguf(src: str | Path, out: str | Path, dtype: Optional[str] = None,
     config.update(bos_token_id=ids["bos"], eos_token_id=ids["eos"])
 
     def write(tmp: Path) -> None:
-        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
+        save_weights(tmp / "model.safetensors", weights)
         write_json(tmp / "config.json", config)
         PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=names["bos"],
                                 eos_token=names["eos"], unk_token=names["unknown"],

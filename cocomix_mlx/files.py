@@ -130,13 +130,13 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def save_weights(path: Path, tree: Any) -> None:
-    """Write ``tree``'s arrays as safetensors. MLX reports a failed write as a RuntimeError; it
+def save_weights(path: Path, tree: Any, fmt: str = "mlx") -> None:
+    """Write ``tree``'s arrays as safetensors (``fmt``: the ``format`` metadata). MLX reports a failed write as a RuntimeError; it
     becomes the OSError it is (no space left when the file system lacks room for the arrays),
     which the atomic writers turn into a one-line error."""
     arrays = dict(tree_flatten(tree))
     try:
-        mx.save_safetensors(str(path), arrays, metadata={"format": "mlx"})
+        mx.save_safetensors(str(path), arrays, metadata={"format": fmt})
     except RuntimeError as e:
         st = os.statvfs(Path(path).parent)
         full = st.f_bavail * st.f_frsize < sum(a.nbytes for a in arrays.values())

@@ -30,6 +30,14 @@ SAVE_SECONDS = float(os.environ.get("COCOMIX_LABELS_SAVE_SECONDS", "5"))  # prog
 BLOCK = 1 << 22  # positions per pass over a whole memory-mapped array
 
 
+def _reserve(file: Path) -> None:
+    """Allocate the disk blocks of a sparse memory-mapped file now: on a full disk this raises
+    ENOSPC here, where writing into the mapping later would kill the process with SIGBUS."""
+    if hasattr(os, "posix_fallocate"):  # Linux; macOS has no such call
+        with open(file, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, file.stat().st_size)
+
+
 def _arrays(path: Path, n: int, k: int, dtype, fresh: bool):
     """``(labels, flags)`` .npy memmaps at ``path`` prefix, created or reopened."""
     if n == 0:  # np.memmap cannot map an empty file: plain empty arrays, saved as such
@@ -38,8 +46,11 @@ def _arrays(path: Path, n: int, k: int, dtype, fresh: bool):
         np.save(f"{path}.flags.npy", flags)
         return labels, flags
     if fresh:
-        return (np.lib.format.open_memmap(f"{path}.labels.npy", "w+", dtype, (n, k)),
-                np.lib.format.open_memmap(f"{path}.flags.npy", "w+", np.uint8, (n,)))
+        arrays = (np.lib.format.open_memmap(f"{path}.labels.npy", "w+", dtype, (n, k)),
+                  np.lib.format.open_memmap(f"{path}.flags.npy", "w+", np.uint8, (n,)))
+        for suffix in ("labels", "flags"):
+            _reserve(Path(f"{path}.{suffix}.npy"))
+        return arrays
     return (np.load(f"{path}.labels.npy", mmap_mode="r+"),
             np.load(f"{path}.flags.npy", mmap_mode="r+"))
 

@@ -27,8 +27,9 @@ def parameter_bytes(model) -> int:
 
 
 def quantize_checkpoint(src: str | Path, out: str | Path, bits: int = 4, group_size: int = 64,
-                        force: bool = False) -> dict:
-    """Write a ``bits``-bit copy of checkpoint ``src`` to ``out`` (atomically)."""
+                        force: bool = False, in_place: bool = False) -> dict:
+    """Write a ``bits``-bit copy of checkpoint ``src`` to ``out`` (atomically). ``out`` is never
+    ``src`` unless ``in_place`` (a conversion quantizing what it just wrote)."""
     from mlx_lm.utils import quantize_model
 
     if bits not in BITS:
@@ -36,7 +37,7 @@ def quantize_checkpoint(src: str | Path, out: str | Path, bits: int = 4, group_s
     if group_size not in GROUP_SIZES:
         raise ConfigError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}")
     out = Path(out)
-    refuse_existing(out, force, inputs=(src,))
+    refuse_existing(out, force or in_place, inputs=() if in_place else (src,))
     model, config = load_model(src)
     if "quantization" in config:
         raise ConfigError(f"{src} is already quantized; start from the full-precision checkpoint")

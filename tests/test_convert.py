@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import cocomix_mlx as cm  # noqa: E402
+from cocomix_mlx.checkpoint import load_model  # noqa: E402
 from cocomix_mlx.convert import convert_cocomix, convert_gpt2, export_cocomix, export_gpt2  # noqa: E402
 from cocomix_mlx.convert_sae import convert_sae  # noqa: E402
 from cocomix_mlx.errors import CheckpointError, ConfigError  # noqa: E402
@@ -101,7 +102,7 @@ def test_official_cocomix_layout_converts_with_equal_logits_and_exports(tmp_path
     (tmp_path / "run" / "config.yaml").write_text(
         f"concept_dim: {C}\nconcept_num: {k}  # TopK\ninsert_layer_index: {insert}\nsae_layer_index: 5\n")
     convert_cocomix(src, tmp_path / "ours")
-    model, _ = cm.load(tmp_path / "ours")
+    model, _ = load_model(tmp_path / "ours")  # the official layout ships no tokenizer
     tokens = [[5, 17, 200, 31, 9, 4000, 12]]
     with torch.no_grad():
         ref_logits, ref_z = torch_cocomix_forward(hf, pre_bias, predictor, compress, tokens, insert, k)

@@ -115,11 +115,10 @@ class TopKSAE(nn.Module):
 
 def save_sae(sae: TopKSAE, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
     """Write ``sae.safetensors`` + ``config.json`` into an existing directory."""
-    from mlx.utils import tree_flatten
+    from ..files import save_weights
 
     directory = Path(directory)
-    weights = dict(tree_flatten(sae.parameters()))
-    mx.save_safetensors(str(directory / "sae.safetensors"), weights, metadata={"format": "mlx"})
+    save_weights(directory / "sae.safetensors", sae.parameters())
     config = {**asdict(sae.cfg), **(extra or {})}
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
