@@ -85,9 +85,15 @@ def doctor(measure: bool = typer.Option(True, help="Measure fp32 matmul GFLOP/s.
         err_console.print(f"[yellow]warning:[/] slow reference BLAS in use; {r['blas_detail']}")
 
 
+INTERRUPTED = ("interrupted; nothing half-written is left (a training run continues from its "
+               "last checkpoint with --resume)")
+
+
 def main() -> None:
     try:
         code = app(standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into exit status 130
+            err_console.print(INTERRUPTED, highlight=False, soft_wrap=True)
         if isinstance(code, int) and code:
             sys.exit(code)
     except CocomixError as e:
@@ -97,7 +103,7 @@ def main() -> None:
         err_console.print("aborted")
         sys.exit(130)
     except KeyboardInterrupt:
-        err_console.print("interrupted; the last checkpoint is kept")
+        err_console.print(INTERRUPTED, highlight=False, soft_wrap=True)
         sys.exit(130)
     except typer.TyperException as e:  # usage errors (typer's own copy of click raises them)
         sys.exit(usage_error(e))

@@ -18,6 +18,12 @@ from mlx.utils import tree_flatten
 from .errors import CheckpointError, ConfigError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _old_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.old")
 
@@ -79,6 +85,7 @@ def atomic_directory(path: str | Path, write, verify=None) -> Any:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; the output follows the umask
     except OSError as e:
         raise CheckpointError(f"cannot write {path}: {e.strerror or e}; choose another "
                               "output") from None

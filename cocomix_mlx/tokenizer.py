@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .errors import ConfigError, DataError
-from .files import refuse_existing, refuse_inputs
+from .files import atomic_directory, refuse_existing, refuse_inputs
 
 EOS = "<|endoftext|>"
 SPECIALS = {"unk": "<unk>", "bos": "<s>", "eos": EOS}
@@ -78,16 +78,7 @@ def _write_dir(out_dir: str | Path, force: bool, write: Callable[[Path], None],
     """Build ``out_dir`` in a temporary sibling and move it into place."""
     out = Path(out_dir)
     refuse_existing(out, force, inputs=inputs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        write(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    atomic_directory(out, write)
     return out
 
 

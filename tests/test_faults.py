@@ -178,3 +178,37 @@ def test_every_long_writer_on_a_full_disk_is_one_line(tmp_path, command):
         assert left in ([], [".out.partial"]), left  # a label store keeps its partial: --resume
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_ctrl_c_stops_with_one_line_and_a_checkpoint_that_resumes(mobydick_data, reference,
+                                                                  tmp_path):
+    out = tmp_path / "run"
+    proc = pretrain(mobydick_data, out, background=True)
+    deadline = time.time() + 300
+    while not (out / "trainer_state.json").exists() and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    lines = [x for x in err.splitlines() if x.strip() and not x.startswith("warning:")]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("interrupted; "), err
+    finish(mobydick_data, out)
+    assert losses(out) == reference
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    from conftest import english_text
+
+    from cocomix_mlx.data import prepare
+
+    weights = Path(__file__).resolve().parents[1] / "weights"
+    (tmp_path / "t.txt").write_text(english_text(20_000), encoding="utf-8")
+    old = os.umask(0o027)
+    try:
+        prepare([str(tmp_path / "t.txt")], str(weights / "cocomix"), str(tmp_path / "data"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "data").stat().st_mode & 0o777 == 0o750
