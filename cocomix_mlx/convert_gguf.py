@@ -32,6 +32,14 @@ def _scalar(meta: dict, key: str, default: Any = None) -> Any:
     return value
 
 
+def _required(meta: dict, key: str) -> Any:
+    value = _scalar(meta, key)
+    if value is None:
+        raise CheckpointError(f"the GGUF file has no {key}; it is not a complete Llama-family "
+                              "model (convert it again with llama.cpp's convert_hf_to_gguf.py)")
+    return value
+
+
 def unpermute_rows(w: mx.array, n_head: int) -> mx.array:
     """Inverse of llama.cpp's ``permute`` (which views each head's rows as (2, r) and stores
     them as (r, 2)): view as (r, 2), store as (2, r)."""
@@ -44,10 +52,11 @@ def llama_config(meta: dict) -> dict[str, Any]:
     if arch not in ("llama", "mistral"):
         raise ConfigError(f"GGUF architecture {arch!r} is not supported (Llama family only)")
     g = lambda key, default=None: _scalar(meta, f"{arch}.{key}", default)  # noqa: E731
-    heads = int(g("attention.head_count"))
-    return {"model_type": "llama", "hidden_size": int(g("embedding_length")),
-            "num_hidden_layers": int(g("block_count")),
-            "intermediate_size": int(g("feed_forward_length")),
+    need = lambda key: int(_required(meta, f"{arch}.{key}"))  # noqa: E731
+    heads = need("attention.head_count")
+    return {"model_type": "llama", "hidden_size": need("embedding_length"),
+            "num_hidden_layers": need("block_count"),
+            "intermediate_size": need("feed_forward_length"),
             "num_attention_heads": heads,
             "num_key_value_heads": int(g("attention.head_count_kv", heads)),
             "rms_norm_eps": float(g("attention.layer_norm_rms_epsilon", 1e-5)),
@@ -86,7 +95,7 @@ def gguf_tokenizer(meta: dict):
     if _scalar(meta, "tokenizer.ggml.model") != "gpt2":
         raise ConfigError("only byte-level BPE GGUF tokenizers (tokenizer.ggml.model = gpt2) "
                           "are supported")
-    tokens = list(meta["tokenizer.ggml.tokens"])
+    tokens = list(_required(meta, "tokenizer.ggml.tokens"))
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
     tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
                                fuse_unk=False))

@@ -23,20 +23,24 @@ def llama_cpp_permute(w, n_head):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(model, path, tokens):
+def write_gguf(model, path, tokens, omit=()):
+    """A GGUF as llama.cpp writes it; ``omit`` leaves out metadata fields (``head_count``,
+    ``token_list``)."""
     cfg = model.config
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
     w.add_block_count(cfg.num_hidden_layers)
     w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
+    if "head_count" not in omit:
+        w.add_head_count(cfg.num_attention_heads)
     w.add_head_count_kv(cfg.num_key_value_heads)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_rope_freq_base(10000.0)
     w.add_vocab_size(cfg.vocab_size)
     w.add_tokenizer_model("gpt2")
-    w.add_token_list(tokens)
+    if "token_list" not in omit:
+        w.add_token_list(tokens)
     w.add_token_merges(["Ġ t", "h e"])
     w.add_token_types([3 if t.startswith("<|") else 1 for t in tokens])
     w.add_bos_token_id(0)
@@ -66,13 +70,28 @@ def write_gguf(model, path, tokens):
     w.close()
 
 
-def test_tiny_llama_gguf_converts_with_permutation_undone(tmp_path):
+def tiny_llama():
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                    max_position_embeddings=64, tie_word_embeddings=True)
-    model = transformers.LlamaForCausalLM(cfg).eval()
     tokens = ["<|bos|>", "<|eos|>"] + [f"x{i}" for i in range(56)] + ["Ġ", "t", "h", "e", "Ġt", "he"]
+    return transformers.LlamaForCausalLM(cfg).eval(), tokens
+
+
+@pytest.mark.parametrize("field,key", [("head_count", "llama.attention.head_count"),
+                                       ("token_list", "tokenizer.ggml.tokens")])
+def test_a_gguf_missing_a_field_is_one_line_naming_it(tmp_path, field, key):
+    model, tokens = tiny_llama()
+    write_gguf(model, tmp_path / "partial.gguf", tokens, omit={field})
+    r = cocomix("convert", "gguf", tmp_path / "partial.gguf", tmp_path / "out")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and f"has no {key}" in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_tiny_llama_gguf_converts_with_permutation_undone(tmp_path):
+    model, tokens = tiny_llama()
     write_gguf(model, tmp_path / "tiny.gguf", tokens)
     info = convert_gguf(tmp_path / "tiny.gguf", tmp_path / "out")
     assert info["tied_head"] and info["quantization"] == "none"
