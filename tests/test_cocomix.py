@@ -76,6 +76,21 @@ def test_compression_of_few_positions_equals_the_dense_product():
     assert mx.abs(few - textbook).max().item() < 1e-5
 
 
+def test_compiled_decoding_step_equals_the_named_steps():
+    """``decode_concept`` (steps 1-3 compiled for one position per row) gives the concept
+    vector and logits of ``predict_concepts`` → ``select_concepts`` → ``compress``."""
+    from cocomix_mlx.models.cocomix import decode_concept
+
+    model = cocomix_model(insert=2)
+    h = mx.array(np.random.default_rng(5).normal(size=(3, 1, 32)).astype(np.float32) * 2)
+    z, mu, std = model.predict_concepts(h)
+    c = model.compress(*model.select_concepts(z), mu, std)
+    p, q = model.concept_predictor, model.compress_layer
+    fast_c, fast_z = decode_concept(h, p.weight, p.bias, model.pre_bias, q.weight, q.bias,
+                                    model.args.concept_num)
+    assert mx.abs(fast_z - z).max().item() < 1e-5 and mx.abs(fast_c - c).max().item() < 1e-5
+
+
 def test_cached_decoding_equals_full_forward():
     for insert in (0, 2):
         model = cocomix_model(insert=insert)
