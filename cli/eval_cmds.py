@@ -20,13 +20,15 @@ def eval_ppl(
     batch_size: int = typer.Option(8, "--batch-size"),
     max_batches: int = typer.Option(0, "--max-batches", help="0: the whole split."),
     split: str = typer.Option("val", "--split", help="val or train."),
+    blocks: int = typer.Option(0, "--blocks", help="Score disjoint blocks of N tokens, as the "
+                               "official OpenWebText evaluation (N = 1024) does."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Perplexity of a checkpoint on a data split."""
     from cocomix_mlx.evaluate import perplexity
 
     result = perplexity(str(model), str(data), seq_len=seq_len, batch_size=batch_size,
-                        max_batches=max_batches, split=split)
+                        max_batches=max_batches, split=split, blocks=blocks)
     print_result(result, as_json, f"{split} loss {result['loss']:.4f}  perplexity "
                                   f"{result['ppl']:.3f}  ({result['tokens']:,} tokens)")
 

@@ -168,13 +168,17 @@ class TokenDataset:
             yield self.batch_at(step, batch_size, seq_len, seed, order)
             step += 1
 
-    def eval_batches(self, batch_size: int, seq_len: int, max_batches: int | None = None):
-        """Consecutive non-overlapping windows from the start of the shard."""
+    def eval_batches(self, batch_size: int, seq_len: int, max_batches: int | None = None,
+                     stride: int = 0):
+        """Consecutive windows of ``seq_len`` predictions from the start of the shard, one every
+        ``stride`` tokens (default ``seq_len``: every token but the first is predicted once;
+        ``seq_len + 1``: disjoint blocks, each predicting all of its tokens but its first)."""
+        stride = stride or seq_len
         if len(self) < seq_len + 1:
             return
-        n_windows = (len(self) - 1) // seq_len
+        n_windows = (len(self) - seq_len - 1) // stride + 1
         if max_batches:
             n_windows = min(n_windows, max_batches * batch_size)
         for first in range(0, n_windows, batch_size):
-            yield self.take(range(first * seq_len, min(first + batch_size, n_windows) * seq_len,
-                                  seq_len), seq_len)
+            yield self.take(range(first * stride, min(first + batch_size, n_windows) * stride,
+                                  stride), seq_len)

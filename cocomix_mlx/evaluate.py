@@ -17,20 +17,32 @@ from .ops import head_cross_entropy
 
 
 def perplexity(model_dir: str, data_dir: str, seq_len: int = 0, batch_size: int = 8,
-               max_batches: int = 0, split: str = "val") -> dict[str, float]:
-    """Mean next-token loss and perplexity over non-overlapping windows of ``split``."""
+               max_batches: int = 0, split: str = "val", blocks: int = 0) -> dict[str, float]:
+    """Mean next-token loss and perplexity over ``split``.
+
+    By default, consecutive windows of ``seq_len`` predictions (every token but the first is
+    predicted once, each with up to ``seq_len`` tokens of context). ``blocks=N`` scores disjoint
+    blocks of N tokens instead, as the official OpenWebText evaluation does: each block's first
+    token is context only, so a block predicts N - 1 tokens and the loss is slightly higher.
+    """
     if split not in ("val", "train"):
         raise ConfigError(f"--split must be val or train, not {split}")
-    if batch_size < 1 or seq_len < 0 or max_batches < 0:
-        raise ConfigError("--batch-size must be positive, --seq-len and --max-batches >= 0 "
-                          f"(got {batch_size}, {seq_len}, {max_batches})")
+    if batch_size < 1 or seq_len < 0 or max_batches < 0 or blocks < 0:
+        raise ConfigError("--batch-size must be positive, --seq-len, --blocks and --max-batches "
+                          f">= 0 (got {batch_size}, {seq_len}, {blocks}, {max_batches})")
+    if blocks and seq_len:
+        raise ConfigError("give --blocks or --seq-len, not both")
+    if blocks == 1:
+        raise ConfigError("--blocks needs at least 2 tokens per block")
     model, _ = load_model(model_dir)
     model.eval()
     bb = backbone(model)
     check_vocab(load_meta(data_dir), bb.vocab)
     check_tokenizer(model_dir, data_dir)
     context = bb.context
-    seq_len = seq_len or context
+    if blocks > context + 1:
+        raise ConfigError(f"--blocks {blocks} exceeds the model's context {context} + 1")
+    seq_len = blocks - 1 if blocks else seq_len or context
     if seq_len > context:
         raise ConfigError(f"--seq-len {seq_len} exceeds the model's context {context}")
     data = TokenDataset(data_dir, split)
@@ -40,12 +52,12 @@ def perplexity(model_dir: str, data_dir: str, seq_len: int = 0, batch_size: int 
         return head_cross_entropy(bb.hidden(inputs), targets, bb.head, "sum")
 
     total, tokens = 0.0, 0
-    for inputs, targets in data.eval_batches(batch_size, seq_len, max_batches or None):
+    for inputs, targets in data.eval_batches(batch_size, seq_len, max_batches or None, blocks):
         total += summed_loss(mx.array(inputs), mx.array(targets)).item()
         tokens += targets.size
     if tokens == 0:
         raise ConfigError(f"the {split} split is shorter than one window of {seq_len + 1} tokens; "
-                          "lower --seq-len")
+                          f"lower {'--blocks' if blocks else '--seq-len'}")
     loss = total / tokens
     return {"loss": loss, "ppl": math.exp(loss), "tokens": tokens}
 

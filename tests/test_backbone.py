@@ -204,6 +204,23 @@ def test_eval_ppl_on_an_mlx_lm_llama_checkpoint(cocomix_data, tmp_path):
     assert got["tokens"] == count
     assert got["loss"] == pytest.approx(total / count, rel=1e-5)
 
+    # --blocks N: disjoint N-token blocks of val.bin, read here straight from the file
+    r = cocomix("eval", "ppl", "--model", ckpt, "--data", cocomix_data, "--blocks", 48,
+                "--max-batches", 2, "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    meta = json.loads((cocomix_data / "meta.json").read_text())
+    tokens = np.fromfile(cocomix_data / "val.bin", dtype=meta["dtype"]).astype(np.int64)
+    blocks = tokens[:16 * 48].reshape(16, 48)
+    logits = np.array(model(mx.array(blocks[:, :-1])), np.float64)
+    m = logits.max(-1, keepdims=True)
+    lse = np.log(np.exp(logits - m).sum(-1)) + m[..., 0]
+    nll = lse - np.take_along_axis(logits, blocks[:, 1:, None], -1)[..., 0]
+    assert got["tokens"] == 16 * 47
+    assert got["loss"] == pytest.approx(nll.mean(), rel=1e-5)
+    r = cocomix("eval", "ppl", "--model", ckpt, "--data", cocomix_data, "--blocks", 66)
+    assert r.returncode == 2 and "--blocks 66 exceeds the model's context 64" in r.stderr
+
 
 def test_token_ids_beyond_the_model_or_from_another_tokenizer_are_refused(
         cocomix_data, tiny_teacher, mobydick_data, tmp_path):
