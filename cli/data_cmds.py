@@ -33,10 +33,14 @@ def tokenizer_train(
 
 @data_app.command("prepare")
 def data_prepare(
-    inputs: List[Path] = typer.Argument(..., help=".txt, .txt.gz, .jsonl (field text), folders."),
+    inputs: List[Path] = typer.Argument(..., help=".txt, .txt.gz, .jsonl, .parquet, folders."),
     tokenizer: Path = typer.Option(..., "--tokenizer", help="Tokenizer directory."),
     out: Path = typer.Option(..., "--out", help="Output data directory."),
     val_fraction: float = typer.Option(0.01, "--val-fraction", help="Tail of each input held out."),
+    text_field: str = typer.Option("text", "--text-field", help="JSONL field or Parquet column "
+                                   "holding each document."),
+    max_tokens: int = typer.Option(0, "--max-tokens", help="Stop after this many training "
+                                   "tokens (0: read everything)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
 ):
     """Tokenize text into memory-mapped train.bin / val.bin shards with meta.json."""
@@ -44,6 +48,7 @@ def data_prepare(
 
     with byte_progress("tokenizing") as progress:
         meta = prepare([str(p) for p in inputs], str(tokenizer), str(out),
-                       val_fraction=val_fraction, progress=progress, force=force)
+                       val_fraction=val_fraction, progress=progress, force=force,
+                       text_field=text_field, max_tokens=max_tokens)
     console.print(f"{meta['train_tokens']:,} train and {meta['val_tokens']:,} validation tokens "
                   f"({meta['dtype']}) in {out}")

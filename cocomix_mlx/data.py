@@ -20,13 +20,21 @@ BATCH_ORDERS = ("random", "windows")
 
 
 def prepare(inputs: list[str], tokenizer_dir: str, out_dir: str, val_fraction: float = 0.01,
-            progress: Progress | None = None, force: bool = False) -> dict:
-    """Tokenize ``inputs`` into ``out_dir/{train,val}.bin`` + ``meta.json`` (atomically)."""
+            progress: Progress | None = None, force: bool = False, text_field: str = "text",
+            max_tokens: int = 0) -> dict:
+    """Tokenize ``inputs`` into ``out_dir/{train,val}.bin`` + ``meta.json`` (atomically).
+
+    ``text_field``: the JSONL field or Parquet column of each document. ``max_tokens`` > 0
+    stops reading once the training split holds that many tokens (the last document is cut
+    there; the validation split keeps what was held out up to that point).
+    """
     from .files import atomic_directory
     from .tokenizer import load_tokenizer
 
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"--val-fraction must be in [0, 1), not {val_fraction}")
+    if max_tokens < 0:
+        raise DataError(f"--max-tokens must be >= 0 (0: no limit), not {max_tokens}")
     out = Path(out_dir)
     refuse_existing(out, force, inputs=(*inputs, tokenizer_dir))
     tok = load_tokenizer(tokenizer_dir)
@@ -38,21 +46,28 @@ def prepare(inputs: list[str], tokenizer_dir: str, out_dir: str, val_fraction: f
         files = {s: open(tmp / f"{s}.bin", "wb") for s in counts}
         batch: list[Chunk] = []
 
-        def flush() -> None:
+        def flush() -> bool:
+            """Write the batch; True once the training split is full."""
             for chunk, ids in zip(batch, tok.encode_batch([c.text for c in batch])):
                 if chunk.doc_end:
                     ids.append(tok.eos_token_id)
                 split = "val" if chunk.val else "train"
+                if split == "train" and max_tokens:
+                    ids = ids[:max_tokens - counts["train"]]
                 np.asarray(ids, dtype=dtype).tofile(files[split])
                 counts[split] += len(ids)
+                if max_tokens and counts["train"] >= max_tokens:
+                    return True
             batch.clear()
+            return False
 
         try:
-            for chunk in iter_chunks(inputs, val_fraction, progress):
+            for chunk in iter_chunks(inputs, val_fraction, progress, text_field):
                 batch.append(chunk)
-                if len(batch) >= 8:
-                    flush()
-            flush()
+                if len(batch) >= 8 and flush():
+                    break
+            else:
+                flush()
         finally:
             for f in files.values():
                 f.close()
@@ -61,7 +76,8 @@ def prepare(inputs: list[str], tokenizer_dir: str, out_dir: str, val_fraction: f
                      "vocab_size": tok.vocab_size, "eos_token_id": tok.eos_token_id,
                      "dtype": np.dtype(dtype).name, "train_tokens": counts["train"],
                      "val_tokens": counts["val"], "inputs": [str(p) for p in inputs],
-                     "val_fraction": val_fraction})
+                     "val_fraction": val_fraction, "text_field": text_field,
+                     "max_tokens": max_tokens})
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     atomic_directory(out, write)

@@ -1,6 +1,7 @@
-"""Reading text: ``.txt`` / ``.gz`` files, folders of them, and ``.jsonl`` (one document per line
-in the field ``text``), streamed in chunks with bounded memory; the tail of each input can be
-held out for validation. A text file is one document."""
+"""Reading text: ``.txt`` / ``.gz`` files, folders of them, ``.jsonl`` (one document per line in
+a field, ``text`` by default) and Parquet files (one document per row of a string column; needs
+pyarrow), streamed in chunks with bounded memory; the tail of each input can be held out for
+validation. A text file is one document."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from typing import Callable, Iterator
 from .errors import DataError
 
 BLOCK = 1 << 20
-TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst", ".gz", ".jsonl")
+TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst", ".gz", ".jsonl", ".parquet")
+PARQUET_ROWS = 1024  # rows per record batch read from a Parquet file
 Progress = Callable[[int, "int | None"], None]
 
 
@@ -40,7 +42,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         else:
             raise DataError(f"input not found: {path}")
     if not files:
-        raise DataError(f"no text files (.txt, .gz, .jsonl) in {', '.join(inputs)}")
+        raise DataError(f"no text files (.txt, .gz, .jsonl, .parquet) in {', '.join(inputs)}")
     return files
 
 
@@ -110,7 +112,40 @@ def _text_chunks(path: Path, val_fraction: float) -> Iterator[Chunk]:
         yield pending
 
 
-def _jsonl_chunks(path: Path, val_fraction: float) -> Iterator[Chunk]:
+def _document(path: Path, where: str, text, field: str) -> Chunk | None:
+    """One document's chunk (None when empty); ``text`` is the value of ``field``."""
+    if not isinstance(text, str):
+        raise DataError(f"{path}:{where}: '{field}' must be a string")
+    if "\x00" in text:
+        raise DataError(f"{path}:{where} contains NUL characters")
+    return Chunk(text, True, False) if text else None
+
+
+def _parquet_chunks(path: Path, val_fraction: float, field: str) -> Iterator[Chunk]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError('reading Parquet needs pyarrow: pip install "cocomix-mlx[data]"') from None
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError subclasses on bad files
+        raise DataError(f"cannot read {path} as Parquet: {e}") from None
+    if field not in pf.schema_arrow.names:
+        raise DataError(f"{path} has no column '{field}' (columns: "
+                        f"{', '.join(pf.schema_arrow.names)}); pass --text-field NAME")
+    n_rows = pf.metadata.num_rows
+    first_val = int(n_rows * (1.0 - val_fraction)) if val_fraction > 0 else n_rows
+    index = 0
+    for batch in pf.iter_batches(batch_size=PARQUET_ROWS, columns=[field]):
+        for text in batch.column(0).to_pylist():
+            chunk = _document(path, f"row {index}", "" if text is None else text, field)
+            if chunk:
+                chunk.val = index >= first_val
+                yield chunk
+            index += 1
+
+
+def _jsonl_chunks(path: Path, val_fraction: float, field: str) -> Iterator[Chunk]:
     with _open(path) as f:
         n_lines = sum(1 for line in f if line.strip())
     first_val = int(n_lines * (1.0 - val_fraction)) if val_fraction > 0 else n_lines
@@ -120,29 +155,33 @@ def _jsonl_chunks(path: Path, val_fraction: float) -> Iterator[Chunk]:
             if not line.strip():
                 continue
             try:
-                text = json.loads(line)["text"]
+                text = json.loads(line)[field]
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-                raise DataError(f"{path}:{lineno} is not a JSON object with a 'text' field") from None
-            if not isinstance(text, str):
-                raise DataError(f"{path}:{lineno}: 'text' must be a string")
-            if "\x00" in text:
-                raise DataError(f"{path}:{lineno} contains NUL characters")
-            if text:
-                yield Chunk(text, True, index >= first_val)
+                raise DataError(f"{path}:{lineno} is not a JSON object with a '{field}' field; "
+                                "pass --text-field NAME") from None
+            chunk = _document(path, str(lineno), text, field)
+            if chunk:
+                chunk.val = index >= first_val
+                yield chunk
             index += 1
 
 
 def iter_chunks(inputs: list[str], val_fraction: float = 0.0,
-                progress: Progress | None = None) -> Iterator[Chunk]:
-    """Stream every input as bounded text chunks, marking document ends and the held-out tail."""
+                progress: Progress | None = None, text_field: str = "text") -> Iterator[Chunk]:
+    """Stream every input as bounded text chunks, marking document ends and the held-out tail
+    (``text_field``: the JSONL field or Parquet column holding each document)."""
     files = expand_inputs(inputs)
     total = sum(f.stat().st_size for f in files)
     done, any_text = 0, False
     for path in files:
         name = path.name[:-3] if path.name.endswith(".gz") else path.name
-        chunks = _jsonl_chunks if name.endswith(".jsonl") else _text_chunks
+        if name.endswith(".jsonl") or path.suffix == ".parquet":
+            reader = _jsonl_chunks if name.endswith(".jsonl") else _parquet_chunks
+            chunks = reader(path, val_fraction, text_field)
+        else:
+            chunks = _text_chunks(path, val_fraction)
         try:
-            for chunk in chunks(path, val_fraction):
+            for chunk in chunks:
                 any_text = any_text or bool(chunk.text.strip())
                 yield chunk
         except (OSError, EOFError, zlib.error) as e:  # a corrupt or truncated .gz

@@ -117,3 +117,51 @@ def test_cli_refuses_overwrite_and_reports_one_line(tmp_path, tok_dir, docs):
     r = cocomix("data", "prepare", tmp_path / "missing.txt", "--tokenizer", tok_dir, "--out",
                 tmp_path / "e")
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_parquet_rows_are_documents_like_jsonl_lines(tmp_path, tok_dir, docs):
+    """A Parquet column (any name, read in record batches) gives the shards the same documents
+    give as JSONL lines; a folder of Parquet files reads them in name order."""
+    import json
+
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = [d for d in docs for _ in range(3)] + [""]  # an empty row is skipped, as in JSONL
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"body": r}) + "\n" for r in rows))
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    half = len(rows) // 2
+    for name, part in (("0.parquet", rows[:half]), ("1.parquet", rows[half:])):
+        pq.write_table(pa.table({"id": list(range(len(part))), "body": part}), folder / name,
+                       row_group_size=2)
+    import cocomix_mlx.text as text
+
+    text.PARQUET_ROWS, old = 3, text.PARQUET_ROWS  # several record batches per file
+    try:
+        for src, out in ((tmp_path / "a.jsonl", "j"), (folder, "p")):
+            prepare([str(src)], str(tok_dir), str(tmp_path / out), val_fraction=0.0,
+                    text_field="body")
+    finally:
+        text.PARQUET_ROWS = old
+    for split in ("train.bin", "val.bin"):
+        assert (tmp_path / "j" / split).read_bytes() == (tmp_path / "p" / split).read_bytes()
+    assert (tmp_path / "p" / "train.bin").stat().st_size > 0
+    with pytest.raises(DataError, match="no column 'text'.*--text-field"):
+        prepare([str(folder)], str(tok_dir), str(tmp_path / "x"))
+    (tmp_path / "fake.parquet").write_text("not parquet")
+    with pytest.raises(DataError, match="cannot read .* as Parquet"):
+        prepare([str(tmp_path / "fake.parquet")], str(tok_dir), str(tmp_path / "y"))
+
+
+def test_max_tokens_stops_the_training_split_exactly(tmp_path, tok_dir, docs):
+    (tmp_path / "a.txt").write_text("\n\n".join(docs) * 4, encoding="utf-8")
+    full = prepare([str(tmp_path / "a.txt")], str(tok_dir), str(tmp_path / "full"),
+                   val_fraction=0.0)
+    cut = prepare([str(tmp_path / "a.txt")], str(tok_dir), str(tmp_path / "cut"),
+                  val_fraction=0.0, max_tokens=1000)
+    assert full["train_tokens"] > 1000 and cut["train_tokens"] == 1000
+    whole = TokenDataset(tmp_path / "full", "train").tokens
+    assert (TokenDataset(tmp_path / "cut", "train").tokens == whole[:1000]).all()
+    with pytest.raises(DataError, match="--max-tokens"):
+        prepare([str(tmp_path / "a.txt")], str(tok_dir), str(tmp_path / "bad"), max_tokens=-1)
