@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import typer
 
@@ -41,6 +41,10 @@ def data_prepare(
                                    "holding each document."),
     max_tokens: int = typer.Option(0, "--max-tokens", help="Stop after this many training "
                                    "tokens (0: read everything)."),
+    split_seed: Optional[int] = typer.Option(
+        None, "--split-seed", help="Hold out whole documents drawn with this seed, as Hugging "
+        "Face datasets' train_test_split does (OpenWebText: --val-fraction 0.0005 --split-seed "
+        "2357), instead of the tail of each input."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
 ):
     """Tokenize text into memory-mapped train.bin / val.bin shards with meta.json."""
@@ -49,6 +53,6 @@ def data_prepare(
     with byte_progress("tokenizing") as progress:
         meta = prepare([str(p) for p in inputs], str(tokenizer), str(out),
                        val_fraction=val_fraction, progress=progress, force=force,
-                       text_field=text_field, max_tokens=max_tokens)
+                       text_field=text_field, max_tokens=max_tokens, split_seed=split_seed)
     console.print(f"{meta['train_tokens']:,} train and {meta['val_tokens']:,} validation tokens "
                   f"({meta['dtype']}) in {out}")

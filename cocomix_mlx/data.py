@@ -21,12 +21,14 @@ BATCH_ORDERS = ("random", "windows")
 
 def prepare(inputs: list[str], tokenizer_dir: str, out_dir: str, val_fraction: float = 0.01,
             progress: Progress | None = None, force: bool = False, text_field: str = "text",
-            max_tokens: int = 0) -> dict:
+            max_tokens: int = 0, split_seed: int | None = None) -> dict:
     """Tokenize ``inputs`` into ``out_dir/{train,val}.bin`` + ``meta.json`` (atomically).
 
     ``text_field``: the JSONL field or Parquet column of each document. ``max_tokens`` > 0
     stops reading once the training split holds that many tokens (the last document is cut
-    there; the validation split keeps what was held out up to that point).
+    there; the validation split keeps what was held out up to that point). ``split_seed``
+    holds out whole documents drawn at random (``text.held_out_documents``: the split Hugging
+    Face ``datasets`` makes with that seed) instead of the tail of each input.
     """
     from .files import atomic_directory
     from .tokenizer import load_tokenizer
@@ -62,7 +64,7 @@ def prepare(inputs: list[str], tokenizer_dir: str, out_dir: str, val_fraction: f
             return False
 
         try:
-            for chunk in iter_chunks(inputs, val_fraction, progress, text_field):
+            for chunk in iter_chunks(inputs, val_fraction, progress, text_field, split_seed):
                 batch.append(chunk)
                 if len(batch) >= 8 and flush():
                     break
@@ -77,7 +79,7 @@ def prepare(inputs: list[str], tokenizer_dir: str, out_dir: str, val_fraction: f
                      "dtype": np.dtype(dtype).name, "train_tokens": counts["train"],
                      "val_tokens": counts["val"], "inputs": [str(p) for p in inputs],
                      "val_fraction": val_fraction, "text_field": text_field,
-                     "max_tokens": max_tokens})
+                     "max_tokens": max_tokens, "split_seed": split_seed})
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     atomic_directory(out, write)

@@ -8,12 +8,15 @@ from __future__ import annotations
 import codecs
 import gzip
 import json
+import math
 import os
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
+
+import numpy as np
 
 from .errors import DataError
 
@@ -121,7 +124,7 @@ def _document(path: Path, where: str, text, field: str) -> Chunk | None:
     return Chunk(text, True, False) if text else None
 
 
-def _parquet_chunks(path: Path, val_fraction: float, field: str) -> Iterator[Chunk]:
+def _parquet_file(path: Path, field: str):
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -133,23 +136,19 @@ def _parquet_chunks(path: Path, val_fraction: float, field: str) -> Iterator[Chu
     if field not in pf.schema_arrow.names:
         raise DataError(f"{path} has no column '{field}' (columns: "
                         f"{', '.join(pf.schema_arrow.names)}); pass --text-field NAME")
-    n_rows = pf.metadata.num_rows
-    first_val = int(n_rows * (1.0 - val_fraction)) if val_fraction > 0 else n_rows
+    return pf
+
+
+def _parquet_rows(path: Path, field: str) -> Iterator[Chunk | None]:
     index = 0
-    for batch in pf.iter_batches(batch_size=PARQUET_ROWS, columns=[field]):
+    for batch in _parquet_file(path, field).iter_batches(batch_size=PARQUET_ROWS,
+                                                          columns=[field]):
         for text in batch.column(0).to_pylist():
-            chunk = _document(path, f"row {index}", "" if text is None else text, field)
-            if chunk:
-                chunk.val = index >= first_val
-                yield chunk
+            yield _document(path, f"row {index}", "" if text is None else text, field)
             index += 1
 
 
-def _jsonl_chunks(path: Path, val_fraction: float, field: str) -> Iterator[Chunk]:
-    with _open(path) as f:
-        n_lines = sum(1 for line in f if line.strip())
-    first_val = int(n_lines * (1.0 - val_fraction)) if val_fraction > 0 else n_lines
-    index = 0
+def _jsonl_rows(path: Path, field: str) -> Iterator[Chunk | None]:
     with _open(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -159,27 +158,74 @@ def _jsonl_chunks(path: Path, val_fraction: float, field: str) -> Iterator[Chunk
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
                 raise DataError(f"{path}:{lineno} is not a JSON object with a '{field}' field; "
                                 "pass --text-field NAME") from None
-            chunk = _document(path, str(lineno), text, field)
-            if chunk:
-                chunk.val = index >= first_val
-                yield chunk
-            index += 1
+            yield _document(path, str(lineno), text, field)
+
+
+def _kind(path: Path) -> str:
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    return "jsonl" if name.endswith(".jsonl") else "parquet" if name.endswith(".parquet") \
+        else "text"
+
+
+def _count_rows(path: Path, field: str) -> int:
+    """Documents in a file: its rows (blank JSONL lines are not rows); a text file is one."""
+    kind = _kind(path)
+    if kind == "parquet":
+        return _parquet_file(path, field).metadata.num_rows
+    if kind == "jsonl":
+        with _open(path) as f:
+            return sum(1 for line in f if line.strip())
+    return 1
+
+
+def held_out_documents(counts: list[int], val_fraction: float, seed: int) -> np.ndarray:
+    """Which of ``sum(counts)`` documents form the validation split: those Hugging Face
+    ``datasets``' ``train_test_split(test_size=val_fraction, seed=seed, shuffle=True)`` puts in
+    its test split (the first ``ceil(val_fraction · n)`` of ``default_rng(seed).permutation(n)``)."""
+    n = sum(counts)
+    held = np.zeros(n, bool)
+    held[np.random.default_rng(seed).permutation(n)[:math.ceil(val_fraction * n)]] = True
+    return held
+
+
+def _file_chunks(path: Path, val_fraction: float, field: str,
+                 held: np.ndarray | None) -> Iterator[Chunk]:
+    """The chunks of one input; ``held``: its documents' validation flags (else the tail)."""
+    kind = _kind(path)
+    if kind == "text":
+        for chunk in _text_chunks(path, val_fraction if held is None else 0.0):
+            chunk.val = chunk.val if held is None else bool(held[0])
+            yield chunk
+        return
+    if held is None:
+        n = _count_rows(path, field)
+        first_val = int(n * (1.0 - val_fraction)) if val_fraction > 0 else n
+        held = np.arange(n) >= first_val
+    rows = _jsonl_rows if kind == "jsonl" else _parquet_rows
+    for index, chunk in enumerate(rows(path, field)):
+        if chunk:
+            chunk.val = bool(held[index])
+            yield chunk
 
 
 def iter_chunks(inputs: list[str], val_fraction: float = 0.0,
-                progress: Progress | None = None, text_field: str = "text") -> Iterator[Chunk]:
-    """Stream every input as bounded text chunks, marking document ends and the held-out tail
-    (``text_field``: the JSONL field or Parquet column holding each document)."""
+                progress: Progress | None = None, text_field: str = "text",
+                split_seed: int | None = None) -> Iterator[Chunk]:
+    """Stream every input as bounded text chunks, marking document ends and the validation
+    split: the tail ``val_fraction`` of each input, or with ``split_seed`` whole documents drawn
+    as :func:`held_out_documents` draws them (``text_field``: the JSONL field or Parquet column
+    holding each document)."""
     files = expand_inputs(inputs)
     total = sum(f.stat().st_size for f in files)
     done, any_text = 0, False
-    for path in files:
-        name = path.name[:-3] if path.name.endswith(".gz") else path.name
-        if name.endswith(".jsonl") or path.suffix == ".parquet":
-            reader = _jsonl_chunks if name.endswith(".jsonl") else _parquet_chunks
-            chunks = reader(path, val_fraction, text_field)
-        else:
-            chunks = _text_chunks(path, val_fraction)
+    held, offsets = None, [0]
+    if split_seed is not None:
+        counts = [_count_rows(p, text_field) for p in files]
+        held = held_out_documents(counts, val_fraction, split_seed)
+        offsets = np.cumsum([0] + counts).tolist()
+    for i, path in enumerate(files):
+        mine = None if held is None else held[offsets[i]:offsets[i + 1]]
+        chunks = _file_chunks(path, val_fraction, text_field, mine)
         try:
             for chunk in chunks:
                 any_text = any_text or bool(chunk.text.strip())

@@ -165,3 +165,31 @@ def test_max_tokens_stops_the_training_split_exactly(tmp_path, tok_dir, docs):
     assert (TokenDataset(tmp_path / "cut", "train").tokens == whole[:1000]).all()
     with pytest.raises(DataError, match="--max-tokens"):
         prepare([str(tmp_path / "a.txt")], str(tok_dir), str(tmp_path / "bad"), max_tokens=-1)
+
+
+def test_split_seed_holds_out_the_documents_hugging_face_would(tmp_path, tok_dir, docs):
+    """With --split-seed the validation split is whole documents: those ``train_test_split(
+    test_size, seed)`` of Hugging Face datasets puts in its test split — the first
+    ceil(test_size · n) of NumPy's default_rng(seed).permutation(n) — across all inputs, in
+    input order."""
+    import json
+
+    import numpy as np
+
+    from cocomix_mlx.tokenizer import load_tokenizer
+
+    rows = [f"Document number {i}. " + docs[i % len(docs)][:200] for i in range(40)]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": r}) + "\n" for r in rows[:25]))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": r}) + "\n" for r in rows[25:]))
+    meta = prepare([str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")], str(tok_dir),
+                   str(tmp_path / "d"), val_fraction=0.1, split_seed=2357)
+    held = set(np.random.default_rng(2357).permutation(40)[:4].tolist())  # ceil(0.1 * 40)
+    tok = load_tokenizer(tok_dir)
+
+    def tokens(indices):
+        return [t for i in indices for t in tok.encode(rows[i]) + [tok.eos_token_id]]
+
+    val = TokenDataset(tmp_path / "d", "val").tokens.tolist()
+    train = TokenDataset(tmp_path / "d", "train").tokens.tolist()
+    assert val == tokens(sorted(held)) and meta["split_seed"] == 2357
+    assert train == tokens([i for i in range(40) if i not in held])
