@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import DataError
 from .files import refuse_existing
-from .text import Chunk, Progress, iter_chunks
+from .text import Chunk, Progress, RemoteFile, iter_chunks
 
 BATCH_ORDERS = ("random", "windows")
 
@@ -38,7 +38,8 @@ def prepare(inputs: list[str], tokenizer_dir: str, out_dir: str, val_fraction: f
     if max_tokens < 0:
         raise DataError(f"--max-tokens must be >= 0 (0: no limit), not {max_tokens}")
     out = Path(out_dir)
-    refuse_existing(out, force, inputs=(*inputs, tokenizer_dir))
+    refuse_existing(out, force, inputs=(*(p for p in inputs if not isinstance(p, RemoteFile)),
+                                        tokenizer_dir))
     tok = load_tokenizer(tokenizer_dir)
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
     meta: dict = {}
@@ -66,8 +67,8 @@ def prepare(inputs: list[str], tokenizer_dir: str, out_dir: str, val_fraction: f
         try:
             for chunk in iter_chunks(inputs, val_fraction, progress, text_field, split_seed):
                 batch.append(chunk)
-                if len(batch) >= 8 and flush():
-                    break
+                if (len(batch) >= 8 or chunk.file_end) and flush():
+                    break  # a remote file after this one is never fetched
             else:
                 flush()
         finally:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import ConfigError, DataError
+from .text import RemoteFile
 
 OPENAI_SAE_BASE = "https://openaipublic.blob.core.windows.net/sparse-autoencoder"
 OPENAI_LOCATIONS = ("resid_delta_attn", "resid_delta_mlp", "resid_post_attn", "resid_post_mlp")
@@ -100,6 +101,120 @@ def resolve_source(src: str, revision: Optional[str] = None) -> Path:
     except (HfHubHTTPError, OSError, ValueError) as e:
         raise ConfigError(f"cannot fetch {src} from the Hugging Face Hub: "
                           f"{str(e).splitlines()[0]}") from None
+
+
+DATA_PATTERNS = ["*.parquet", "*.jsonl", "*.jsonl.gz", "*.txt", "*.txt.gz"]
+
+
+def _hub_error(repo: str, e: Exception) -> ConfigError:
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if isinstance(e, LocalEntryNotFoundError):
+        return ConfigError(f"{repo} is not in the local Hugging Face cache and the Hub cannot be "
+                           "reached (offline?); download it first or pass local files")
+    return ConfigError(f"cannot fetch the dataset {repo} from the Hugging Face Hub: "
+                       f"{str(e).splitlines()[0]}")
+
+
+def _hub_snapshot(repo: str, revision: Optional[str], patterns: list[str], dry_run=False):
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import DryRunError, HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        got = snapshot_download(repo, repo_type="dataset", revision=revision,
+                                allow_patterns=patterns, dry_run=dry_run)
+    except DryRunError:  # the Hub cannot be reached: the caller turns to the cache
+        raise
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
+        raise _hub_error(repo, e) from None
+    return got if dry_run else Path(got)
+
+
+class HubFile(RemoteFile):
+    """A file of a Hub dataset, downloaded into the Hugging Face cache when reading reaches it."""
+
+    def __init__(self, repo: str, name: str, revision: Optional[str], size: int):
+        self.repo, self.name, self.revision, self.size = repo, name, revision, size
+
+    def fetch(self) -> Path:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        try:
+            return Path(hf_hub_download(self.repo, self.name, repo_type="dataset",
+                                        revision=self.revision))
+        except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
+            raise _hub_error(self.repo, e) from None
+
+    def __str__(self) -> str:
+        return f"hf://datasets/{self.repo}/{self.name}" + (f"@{self.revision}"
+                                                           if self.revision else "")
+
+
+def dataset_configs(readme: str) -> dict[str, list[str]]:
+    """``{config_name: [data file patterns]}`` from a dataset card's YAML header (its
+    ``configs:`` list, the patterns of every split)."""
+    import yaml
+
+    if not readme.startswith("---"):
+        return {}
+    try:
+        header = yaml.safe_load(readme.split("---", 2)[1]) or {}
+    except yaml.YAMLError:
+        return {}
+    configs = {}
+    for entry in header.get("configs") or [] if isinstance(header, dict) else []:
+        files = entry.get("data_files", []) if isinstance(entry, dict) else []
+        files = files if isinstance(files, list) else [files]
+        paths = []
+        for f in files:
+            path = f.get("path") if isinstance(f, dict) else f
+            paths += path if isinstance(path, list) else [path]
+        if isinstance(entry, dict) and entry.get("config_name"):
+            configs[str(entry["config_name"])] = [str(p) for p in paths if p]
+    return configs
+
+
+def fetch_dataset(repo: str, subset: Optional[str] = None,
+                  revision: Optional[str] = None) -> list:
+    """The text files (Parquet, JSONL, text) of a Hub dataset repository, each downloaded into
+    the Hugging Face cache when reading reaches it (:class:`HubFile`; resumable); with
+    ``HF_HUB_OFFLINE=1``, the cached files. ``subset`` is a
+    config of the dataset card (e.g. fineweb-edu's ``sample-10BT``) or else a folder of the
+    repository; without it, the card's ``default`` config, or every data file."""
+    if not REPO_ID.match(repo):
+        raise ConfigError(f"--hf-dataset expects owner/name, not {repo!r}")
+    card = _hub_snapshot(repo, revision, ["README.md"]) / "README.md"
+    configs = dataset_configs(card.read_text(encoding="utf-8")) if card.exists() else {}
+    if subset is not None and subset in configs:
+        patterns = configs[subset]
+    elif subset is not None and configs:
+        raise ConfigError(f"{repo} has no subset {subset!r}; its subsets: {', '.join(configs)}")
+    elif subset is not None:
+        patterns = [f"{subset.strip('/')}/**/{p}" for p in DATA_PATTERNS] + \
+            [f"{subset.strip('/')}/{p}" for p in DATA_PATTERNS]
+    else:
+        patterns = configs.get("default", DATA_PATTERNS)
+    from fnmatch import fnmatch
+
+    def wanted(name: str) -> bool:
+        return any(fnmatch(name.rsplit("/", 1)[-1], d) for d in DATA_PATTERNS) and \
+            any(fnmatch(name, q) for q in patterns)
+
+    from huggingface_hub.errors import DryRunError
+
+    try:  # online: list the files, download each when it is read (--max-tokens reads fewer)
+        infos = _hub_snapshot(repo, revision, patterns, dry_run=True)
+        files = [HubFile(repo, i.filename, revision, i.file_size or 0)
+                 for i in sorted(infos, key=lambda i: i.filename) if wanted(i.filename)]
+    except DryRunError:  # offline: what the cache holds
+        root = _hub_snapshot(repo, revision, patterns)
+        files = sorted(p for p in root.rglob("*")
+                       if p.is_file() and wanted(str(p.relative_to(root))))
+    if not files:
+        raise DataError(f"no data files (.parquet, .jsonl, .txt) in {repo}"
+                        f"{f' subset {subset}' if subset else ''}")
+    return files
 
 
 def upload(directory: str | Path, repo: str) -> str:

@@ -31,11 +31,27 @@ class Chunk:
     text: str
     doc_end: bool  # the document ends with this chunk
     val: bool  # the chunk belongs to the validation split
+    file_end: bool = False  # the last chunk of its input file
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    files: list[Path] = []
+class RemoteFile:
+    """An input fetched only when reading reaches it (a file of a Hub dataset): ``name`` (its
+    kind is read from the suffix), ``size`` in bytes, and ``fetch()`` → its local path."""
+
+    name: str = ""
+    size: int = 0
+
+    def fetch(self) -> Path:
+        raise NotImplementedError
+
+
+def expand_inputs(inputs: list) -> list:
+    """Local files (folders expanded) and remote files, in order."""
+    files: list = []
     for item in inputs:
+        if isinstance(item, RemoteFile):
+            files.append(item)
+            continue
         path = Path(item)
         if path.is_dir():
             files += sorted(p for p in path.rglob("*") if p.is_file()
@@ -45,7 +61,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         else:
             raise DataError(f"input not found: {path}")
     if not files:
-        raise DataError(f"no text files (.txt, .gz, .jsonl, .parquet) in {', '.join(inputs)}")
+        raise DataError("no text files (.txt, .gz, .jsonl, .parquet) in "
+                        f"{', '.join(map(str, inputs))}")
     return files
 
 
@@ -216,20 +233,28 @@ def iter_chunks(inputs: list[str], val_fraction: float = 0.0,
     as :func:`held_out_documents` draws them (``text_field``: the JSONL field or Parquet column
     holding each document)."""
     files = expand_inputs(inputs)
-    total = sum(f.stat().st_size for f in files)
+    total = sum(f.size if isinstance(f, RemoteFile) else f.stat().st_size for f in files)
     done, any_text = 0, False
     held, offsets = None, [0]
-    if split_seed is not None:
+    if split_seed is not None:  # every file is needed up front to count its documents
+        files = [f.fetch() if isinstance(f, RemoteFile) else f for f in files]
         counts = [_count_rows(p, text_field) for p in files]
         held = held_out_documents(counts, val_fraction, split_seed)
         offsets = np.cumsum([0] + counts).tolist()
     for i, path in enumerate(files):
+        path = path.fetch() if isinstance(path, RemoteFile) else path
         mine = None if held is None else held[offsets[i]:offsets[i + 1]]
         chunks = _file_chunks(path, val_fraction, text_field, mine)
         try:
+            last = None
             for chunk in chunks:
                 any_text = any_text or bool(chunk.text.strip())
-                yield chunk
+                if last:
+                    yield last
+                last = chunk
+            if last:
+                last.file_end = True
+                yield last
         except (OSError, EOFError, zlib.error) as e:  # a corrupt or truncated .gz
             raise DataError(f"cannot read {path}: {e or type(e).__name__}; the file is corrupt "
                             "or truncated") from None
@@ -237,7 +262,7 @@ def iter_chunks(inputs: list[str], val_fraction: float = 0.0,
         if progress:
             progress(done, total)
     if not any_text:
-        raise DataError(f"no text in {', '.join(inputs)}; the input is empty")
+        raise DataError(f"no text in {', '.join(map(str, inputs))}; the input is empty")
 
 
 def iter_documents(inputs: list[str], progress: Progress | None = None) -> Iterator[tuple[bool, str]]:

@@ -1,8 +1,10 @@
 import cocomix_mlx  # noqa: F401  (first: BLAS setup before mlx is imported)
 
+import json
 from pathlib import Path
 
 import pytest
+
 
 def english_text(max_chars: int, skip_chars: int = 0) -> str:
     """Real English text that ships with Python (its documentation topics and the standard
@@ -59,3 +61,78 @@ def tiny_teacher(mobydick_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher") / "teacher"
     make_trainer(small_config(150, eval_every=0, save_every=150, lr=1e-2), mobydick_data, out).train()
     return out
+
+
+def fake_hub(files, uploads=None):
+    """A minimal Hugging Face Hub API on 127.0.0.1 serving one repo's ``files`` {name: bytes}
+    (as a model or a dataset repository); commits pushed to it land in ``uploads``."""
+    import base64
+    import hashlib
+    import http.server
+    import threading
+
+    sha = "a" * 40
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, body, head, headers=()):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in headers:
+                self.send_header(k, v)
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def route(self, head):
+            path = self.path.split("?")[0]
+            if "/tree/" in path:
+                listing = [{"type": "file", "path": n, "size": len(b), "oid": "0" * 40} for n, b in files.items()]
+                return self._send(json.dumps(listing).encode(), head, [("Content-Type", "application/json")])
+            if path.startswith(("/api/models/", "/api/datasets/")):
+                info = {"id": "me/tiny", "sha": sha, "siblings": [{"rfilename": n} for n in files]}
+                return self._send(json.dumps(info).encode(), head, [("Content-Type", "application/json")])
+            name = path.split("/resolve/", 1)[-1].split("/", 1)[-1]
+            if "/resolve/" in path and name in files:
+                etag = hashlib.sha256(files[name]).hexdigest()  # blobs are cached by ETag
+                return self._send(files[name], head, [("ETag", f'"{etag}"'), ("X-Repo-Commit", sha)])
+            self.send_response(404)
+            self.end_headers()
+
+        def do_GET(self):
+            self.route(False)
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            path = self.path.split("?")[0]
+            base = f"http://127.0.0.1:{self.server.server_address[1]}"
+            if path == "/api/repos/create":
+                reply = {"url": f"{base}/me/up"}
+            elif "/preupload/" in path:
+                reply = {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                   for f in json.loads(body)["files"]]}
+            elif "/commit/" in path:
+                for line in body.splitlines():
+                    item = json.loads(line)
+                    if item["key"] == "file":
+                        uploads[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                reply = {"commitUrl": f"{base}/me/up/commit/{sha}", "commitOid": sha}
+            else:
+                self.send_response(404)
+                self.end_headers()
+                return
+            self._send(json.dumps(reply).encode(), False, [("Content-Type", "application/json")])
+
+        def do_HEAD(self):
+            self.route(True)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def stop():
+        server.shutdown()
+        server.server_close()
+
+    return f"http://127.0.0.1:{server.server_address[1]}", stop

@@ -193,3 +193,78 @@ def test_split_seed_holds_out_the_documents_hugging_face_would(tmp_path, tok_dir
     train = TokenDataset(tmp_path / "d", "train").tokens.tolist()
     assert val == tokens(sorted(held)) and meta["split_seed"] == 2357
     assert train == tokens([i for i in range(40) if i not in held])
+
+
+CARD = """---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/*.parquet
+- config_name: sample-10BT
+  data_files:
+  - split: train
+    path: sample/10BT/*
+---
+# A web-text sample
+"""
+
+
+def test_hf_dataset_subset_downloads_only_its_files_and_works_offline(tmp_path, tok_dir, docs,
+                                                                      monkeypatch):
+    """``--hf-dataset owner/name --hf-subset CONFIG`` against a Hub on 127.0.0.1: the subset's
+    Parquet files (named by the card's ``configs``) give the shards their local copies give;
+    HF_HUB_OFFLINE=1 then reads the cache; an unknown subset is one line naming the real ones."""
+    import io
+    import os
+    import subprocess
+    import sys
+
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from conftest import cocomix, fake_hub
+
+    def parquet(rows):
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"text": rows}), buf)
+        return buf.getvalue()
+
+    sample = {"sample/10BT/000.parquet": parquet(docs[:2]), "sample/10BT/001.parquet":
+              parquet(docs[2:] * 2)}
+    files = {"README.md": CARD.encode(), "data/0.parquet": parquet(["other text " * 50]),
+             **sample}
+    local = tmp_path / "local"
+    for name, blob in sample.items():
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        (local / name).write_bytes(blob)
+    endpoint, stop = fake_hub(files)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    args = ["data", "prepare", "--tokenizer", tok_dir, "--val-fraction", "0"]
+    try:
+        r = cocomix(*args, "--hf-dataset", "me/web", "--hf-subset", "sample-10BT", "--out",
+                    tmp_path / "hub")
+        assert r.returncode == 0, r.stderr
+        r = cocomix(*args, "--hf-dataset", "me/web", "--hf-subset", "nope", "--out", tmp_path / "x")
+        assert r.returncode == 2 and "its subsets: default, sample-10BT" in r.stderr, r.stderr
+        lazy = {**os.environ, "HF_HOME": str(tmp_path / "hf_lazy")}
+        r = subprocess.run([sys.executable, "-m", "cocomix_mlx.cli.app", *map(str, args),
+                            "--hf-dataset", "me/web", "--hf-subset", "sample-10BT",
+                            "--max-tokens", "50", "--out", tmp_path / "few"],
+                           capture_output=True, text=True, env=lazy, timeout=600)
+        assert r.returncode == 0, r.stderr
+        fetched = [p.name for p in (tmp_path / "hf_lazy").rglob("*.parquet")]
+        assert fetched == ["000.parquet"]  # the second file was never needed
+    finally:
+        stop()
+    assert cocomix(*args, local, "--out", tmp_path / "local_d").returncode == 0
+    hub = (tmp_path / "hub" / "train.bin").read_bytes()
+    assert hub == (tmp_path / "local_d" / "train.bin").read_bytes() and len(hub) > 1000
+    cached = list((tmp_path / "hf_home").rglob("*.parquet"))
+    assert cached and all("sample" in str(p) for p in cached)  # only the subset's files
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = cocomix(*args, "--hf-dataset", "me/web", "--hf-subset", "sample-10BT", "--out",
+                tmp_path / "offline")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "offline" / "train.bin").read_bytes() == hub
