@@ -113,6 +113,27 @@ def test_our_adapter_scores_like_lm_evals_own_hf_model(tasks, tmp_path, monkeypa
     assert 1 < ours["mini_wiki"]["word_perplexity"] < 1e5
 
 
+def test_our_adapter_and_mlx_lm_evaluate_agree_on_an_ntp_checkpoint(tasks, monkeypatch):
+    """mlx-lm's own lm-eval model loads our NTP checkpoint too and gives the same multiple-choice
+    accuracies. (Their rolling perplexities differ by convention, not by arithmetic: mlx-lm does
+    not predict a document's first token and does not cut long documents into windows; ours
+    follow lm-eval's Hugging Face model, checked above.)"""
+    import cocomix_mlx as cm
+    from cocomix_mlx.harness import evaluate
+    from lm_eval.tasks import TaskManager
+    from mlx_lm.evaluate import MLXLM
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    theirs = lm_eval.simple_evaluate(
+        model=MLXLM(str(ROOT / "weights" / "ntp"), batch_size=4), tasks=["mini_mc"],
+        task_manager=TaskManager(include_path=str(tasks)), bootstrap_iters=0,
+        log_samples=False)["results"]
+    net, tok = cm.load(ROOT / "weights" / "ntp")
+    ours = evaluate(net, tok, ["mini_mc"], batch_size=4, include=tasks)
+    assert ours["mini_mc"]["acc"] == theirs["mini_mc"]["acc,none"]
+    assert ours["mini_mc"]["acc_norm"] == theirs["mini_mc"]["acc_norm,none"]
+
+
 def test_cli_harness_on_a_cocomix_model_steered_and_compared(tasks, tmp_path, monkeypatch):
     """A CoCoMix checkpoint (logits at the concept slots) and the NTP twin side by side, as
     JSON; steering changes the CoCoMix scores; an unknown task is one line."""
