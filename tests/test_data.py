@@ -268,3 +268,7 @@ def test_hf_dataset_subset_downloads_only_its_files_and_works_offline(tmp_path, 
                 tmp_path / "offline")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "offline" / "train.bin").read_bytes() == hub
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_home"))  # offline, nothing cached
+    r = cocomix(*args, "--hf-dataset", "me/web", "--out", tmp_path / "none")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "offline" in lines[0], r.stderr
