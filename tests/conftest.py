@@ -69,7 +69,6 @@ def fake_hub(files, uploads=None):
     import base64
     import hashlib
     import http.server
-    import threading
 
     sha = "a" * 40
 
@@ -128,7 +127,15 @@ def fake_hub(files, uploads=None):
         def do_HEAD(self):
             self.route(True)
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    return serve_handler(Handler)
+
+
+def serve_handler(handler):
+    """An HTTP server on 127.0.0.1 (a free port) for ``handler``, in a thread: (url, stop)."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
     def stop():

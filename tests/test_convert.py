@@ -16,7 +16,7 @@ from cocomix_mlx.convert import convert_cocomix, convert_gpt2, export_cocomix, e
 from cocomix_mlx.convert_sae import convert_sae  # noqa: E402
 from cocomix_mlx.errors import CheckpointError, ConfigError  # noqa: E402
 
-from conftest import cocomix, fake_hub, gpt2_bpe_dir  # noqa: E402
+from conftest import cocomix, fake_hub, gpt2_bpe_dir, serve_handler  # noqa: E402
 from test_sae import np_sae  # noqa: E402
 
 GPT2 = gpt2_bpe_dir()
@@ -223,17 +223,10 @@ def serve(directory):
     """A static HTTP server on 127.0.0.1 for ``directory``; returns (base_url, shutdown)."""
     import functools
     import http.server
-    import threading
 
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
     handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    def stop():
-        server.shutdown()
-        server.server_close()
-
-    return f"http://127.0.0.1:{server.server_address[1]}", stop
+    return serve_handler(handler)
 
 
 def test_openai_sae_download_from_a_local_server(tmp_path, monkeypatch):
