@@ -30,6 +30,8 @@ from pathlib import Path
 import cocomix_mlx.files as f
 point, nth, calls = sys.argv[1], int(sys.argv[2]), [0]
 if point == "sigint-after-save":
+    # as in a terminal: a test run started in the background inherits SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     swap = f.swap_in
     def swap_in(src, path):
         swap(src, path)
