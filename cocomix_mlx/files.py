@@ -138,9 +138,9 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def save_weights(path: Path, tree: Any, fmt: str = "mlx") -> None:
-    """Write ``tree``'s arrays as safetensors (``fmt``: the ``format`` metadata). MLX reports a failed write as a RuntimeError; it
-    becomes the OSError it is (no space left when the file system lacks room for the arrays),
-    which the atomic writers turn into a one-line error."""
+    """Write ``tree``'s arrays as safetensors (``fmt``: the ``format`` metadata). MLX reports a
+    failed write as a RuntimeError; it becomes the OSError it is (no space left when the file
+    system lacks room for the arrays), which the atomic writers turn into a one-line error."""
     arrays = dict(tree_flatten(tree))
     try:
         mx.save_safetensors(str(path), arrays, metadata={"format": fmt})

@@ -82,14 +82,17 @@ def harness_lm(model, tokenizer, batch_size: int = 8, max_gen_toks: int = 256,
                 batch = mx.array([r + [0] * (width - len(r)) for r in rows])
                 logits = self.forward(batch).astype(mx.float32)
                 logprobs = logits - mx.logsumexp(logits, -1, keepdims=True)
+                totals, greedy = [], []
                 for row, i in enumerate(ids):
                     cont = pairs[i][1]
                     end = len(rows[row])
                     lp = logprobs[row, end - len(cont):end]
                     target = mx.array(cont)
-                    total = mx.take_along_axis(lp, target[:, None], -1).sum()
-                    greedy = mx.all(mx.argmax(lp, -1) == target)
-                    out[i] = (total.item(), bool(greedy.item()))
+                    totals.append(mx.take_along_axis(lp, target[:, None], -1).sum())
+                    greedy.append(mx.all(mx.argmax(lp, -1) == target))
+                totals, greedy = mx.stack(totals).tolist(), mx.stack(greedy).tolist()
+                for row, i in enumerate(ids):  # one evaluation per batch, not two per row
+                    out[i] = (totals[row], bool(greedy[row]))
             return out
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
@@ -150,13 +153,13 @@ def evaluate(model, tokenizer, tasks: list[str], limit: Optional[float] = None,
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=str(include) if include else None)
-    names = resolve_tasks(tasks)
-    unknown = [t for t in names if t not in manager.all_tasks]
+    task_names = resolve_tasks(tasks)
+    unknown = [t for t in task_names if t not in manager.all_tasks]
     if unknown:
         raise ConfigError(f"unknown lm-eval task(s): {', '.join(unknown)}; see `lm-eval ls "
                           "tasks`, or --include a folder of task YAMLs")
     try:
-        out = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot,
+        out = lm_eval.simple_evaluate(model=lm, tasks=task_names, num_fewshot=num_fewshot,
                                       limit=limit, task_manager=manager, bootstrap_iters=0,
                                       batch_size=batch_size, log_samples=False)
     except (ConnectionError, OSError) as e:
