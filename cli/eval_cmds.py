@@ -101,6 +101,11 @@ def eval_harness(
         refuse_existing(out_json, force=False)
     if limit is not None and limit <= 0:
         fail(f"--limit must be positive, not {limit}")
+    if include is not None and not include.is_dir():
+        fail(f"--include {include} is not a folder of task YAMLs")
+    missing = [str(p) for p in [model, *compare] if not (p / "config.json").is_file()]
+    if missing:  # before hours of evaluation of the first model
+        fail(f"no checkpoint (config.json) in {', '.join(missing)}")
     names = concept_names(concepts) if concepts else None
     task_list = [t.strip() for t in tasks.split(",") if t.strip()]
     results = {}

@@ -259,6 +259,10 @@ CASES = [
     ("data-text-field", ["data", "prepare", "{w}/mc-ok.jsonl", "--tokenizer", "{w}/ntp", "--out",
                          "{w}/d", "--text-field", "body"], "--text-field"),
     # eval
+    ("harness-include", ["eval", "harness", "--model", "{w}/ntp", "--include", "{w}/none"],
+     "--include"),
+    ("harness-compare", ["eval", "harness", "--model", "{w}/ntp", "--compare", "{w}/none"],
+     "no checkpoint"),
     ("ppl-blocks-one", ["eval", "ppl", "--model", "{w}/ntp", "--data", "{w}/data", "--blocks",
                         "1"], "--blocks"),
     ("ppl-blocks-and-seq", ["eval", "ppl", "--model", "{w}/ntp", "--data", "{w}/data",
