@@ -13,7 +13,7 @@ from rich.table import Table
 from cocomix_mlx.errors import CocomixError
 
 from . import (convert_cmds, data_cmds, eval_cmds, generate_cmds, labels_cmds, quickstart,
-               sae_cmds, train_cmds)
+               sae_cmds, serve_cmd, train_cmds)
 from .common import console, err_console, print_error
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -29,6 +29,7 @@ app.add_typer(convert_cmds.teacher_app, name="teacher")
 app.command("quickstart")(quickstart.quickstart)
 app.command("generate")(generate_cmds.generate)
 app.command("concepts")(generate_cmds.concepts)
+app.command("serve")(serve_cmd.serve)
 
 
 @app.command()

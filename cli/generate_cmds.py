@@ -61,23 +61,30 @@ def generate(
 
 def concepts(
     text: str = typer.Argument(..., help="Text to inspect."),
-    model: Path = typer.Option(..., "--model", help="A CoCoMix checkpoint directory."),
+    model: Path = typer.Option(..., "--model", help="A CoCoMix checkpoint, or any model with --sae."),
     top: int = typer.Option(5, "--top", help="Concepts per token."),
     dictionary: Optional[Path] = typer.Option(None, "--concepts",
                                               help="concepts.json from `sae describe`: labels."),
+    sae: Optional[Path] = typer.Option(None, "--sae", help="Read this SAE's active latents instead "
+                                                            "of predicted concepts."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="Block the SAE reads (with --sae)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
-    """Per token, the concepts a CoCoMix model predicts, with their logits (and labels)."""
+    """Per token, the concepts a CoCoMix model predicts (logits), or with --sae the SAE latents
+    active in the residual stream (activations), with dictionary labels."""
     import cocomix_mlx as cm
-    from cocomix_mlx.generate import predicted_concepts
-    from cocomix_mlx.sae_analysis import read_dictionary
+    from cocomix_mlx.generate import predicted_concepts, sae_latents
+    from cocomix_mlx.sae_analysis import dictionary_labels
 
     net, tokenizer = cm.load(model)
-    labels = None
-    if dictionary is not None:
-        labels = {item["index"]: item["label"] for item in read_dictionary(dictionary)}
-    rows = predicted_concepts(net, tokenizer, text, top, labels)
-    print_token_rows(rows, as_json, f"top {top} predicted concepts per token",
-                     "concepts (index: logit, label)", lambda row: ", ".join(
-                         f"{c['index']}: {c['logit']:.2f}" + (f" {c['label']}" if c["label"] else "")
+    labels = dictionary_labels(dictionary) if dictionary is not None else None
+    if sae is None:
+        rows, key = predicted_concepts(net, tokenizer, text, top, labels), "logit"
+    else:
+        rows = sae_latents(net, tokenizer, cm.load_sae(sae), text, top, labels, layer)
+        key = "activation"
+    what = "predicted concepts" if sae is None else "active SAE latents"
+    print_token_rows(rows, as_json, f"top {top} {what} per token",
+                     f"concepts (index: {key}, label)", lambda row: ", ".join(
+                         f"{c['index']}: {c[key]:.2f}" + (f" {c['label']}" if c["label"] else "")
                          for c in row["concepts"]))

@@ -19,3 +19,11 @@ class CheckpointError(CocomixError):
 
 class TrainingDiverged(CocomixError):
     """The loss became NaN or infinite."""
+
+
+class UnknownConcept(ConfigError):
+    """A concept name or index that the model or its dictionary does not have."""
+
+
+class ContextOverflow(ConfigError):
+    """A prompt or text longer than the model's context."""

@@ -9,12 +9,13 @@ Sampling and logits processing are mlx-lm's (``make_sampler``, ``make_logits_pro
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Iterator, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from .errors import ConfigError
+from .errors import ConfigError, ContextOverflow, UnknownConcept
 from .models.backbone import backbone
 
 SPANS = ("all", "prompt", "generated")
@@ -41,12 +42,12 @@ def _resolve(steer: dict, C: int, names: Optional[dict[str, int]] = None):
     for key, value in steer.items():
         if isinstance(key, str) and not key.lstrip("-").isdigit():
             if not names or key not in names:
-                raise ConfigError(f"unknown concept name {key!r}; use an index in 0..{C - 1} or "
+                raise UnknownConcept(f"unknown concept name {key!r}; use an index in 0..{C - 1} or "
                                   "a name from the concept dictionary")
             key = names[key]
         i = int(key)
         if not 0 <= i < C:
-            raise ConfigError(f"concept index {i} is out of range 0..{C - 1}")
+            raise UnknownConcept(f"concept index {i} is out of range 0..{C - 1}")
         if not -MAX_ALPHA <= float(value) <= MAX_ALPHA:
             raise ConfigError(f"steering factor {value} is outside [-10, 10]")
         index.append(i)
@@ -124,6 +125,23 @@ class SAESteered(Steered):
         return bb.head(bb.upper(h, self.layer, cache, offset))
 
 
+def sae_layer(model: nn.Module, sae, layer: Optional[int]) -> int:
+    """The block whose output ``sae`` reads in ``model`` (default: the SAE's own), checked: the
+    widths agree and the block's output holds one row per token."""
+    from .concepts import check_sae
+
+    layer = sae.cfg.layer if layer is None else layer
+    if layer is None:
+        raise ConfigError("give --layer: the block whose output the SAE reads")
+    check_sae(model, sae)
+    bb = backbone(model)
+    bb.check_layer(layer)
+    if not bb.token_stream(layer):
+        raise ConfigError(f"block {layer} of this CoCoMix model runs over interleaved concept "
+                          f"slots; use an SAE on a block before {bb.insert}")
+    return layer
+
+
 def steered(model: nn.Module, steer: Optional[dict], prompt_len: int, span: str = "all",
             names: Optional[dict[str, int]] = None, sae=None,
             layer: Optional[int] = None) -> nn.Module:
@@ -137,17 +155,7 @@ def steered(model: nn.Module, steer: Optional[dict], prompt_len: int, span: str 
         from .models.cocomix import Steering
 
         return ConceptSteered(model, Steering(*resolve_steer(model, steer, names), start, end))
-    from .concepts import check_sae
-
-    layer = sae.cfg.layer if layer is None else layer
-    if layer is None:
-        raise ConfigError("give --layer: the block whose output the SAE reads")
-    check_sae(model, sae)
-    bb = backbone(model)
-    bb.check_layer(layer)
-    if not bb.token_stream(layer):
-        raise ConfigError(f"block {layer} of this CoCoMix model runs over interleaved concept "
-                          f"slots; steer an SAE on a block before {bb.insert}")
+    layer = sae_layer(model, sae, layer)
     return SAESteered(model, sae, layer, *_resolve(steer, sae.cfg.latents, names), start, end)
 
 
@@ -170,7 +178,7 @@ def fit_context(model: nn.Module, prompt_len: int, max_tokens: Optional[int]) ->
     context = backbone(model).context
     room = context - prompt_len
     if room < 1:
-        raise ConfigError(f"the prompt has {prompt_len} tokens but the model's context holds "
+        raise ContextOverflow(f"the prompt has {prompt_len} tokens but the model's context holds "
                           f"{context}; shorten the prompt")
     if max_tokens is None:
         return min(MAX_TOKENS, room)
@@ -187,11 +195,13 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int],
            temp: float = 0.0, top_p: float = 0.0, min_p: float = 0.0, top_k: int = 0,
            repetition_penalty: Optional[float] = None, seed: Optional[int] = None,
            steer: Optional[dict] = None, span: str = "all",
-           names: Optional[dict[str, int]] = None, sae=None, layer: Optional[int] = None) -> Iterator:
+           names: Optional[dict[str, int]] = None, sae=None, layer: Optional[int] = None,
+           processors: Optional[dict] = None) -> Iterator:
     """mlx-lm ``GenerationResponse`` objects, one per generated token.
 
     With ``sae`` and ``layer``, ``steer`` scales SAE latents in a plain model's residual stream
-    instead of a CoCoMix model's predicted concepts.
+    instead of a CoCoMix model's predicted concepts. ``processors`` are further arguments of
+    mlx-lm's ``make_logits_processors`` (``presence_penalty``, ``logit_bias``, ...).
     """
     from mlx_lm.generate import stream_generate
     from mlx_lm.sample_utils import make_logits_processors, make_sampler
@@ -200,11 +210,15 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int],
     ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
     if not ids:
         raise ConfigError("the prompt is empty; give some text")
+    vocab = backbone(model).vocab
+    if not all(isinstance(i, numbers.Integral) and 0 <= i < vocab for i in ids):
+        raise ConfigError(f"prompt token ids must be integers in 0..{vocab - 1}")
     max_tokens = fit_context(model, len(ids), max_tokens)
     if seed is not None:
         mx.random.seed(seed)
     sampler = make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)
-    processors = make_logits_processors(repetition_penalty=repetition_penalty)
+    processors = make_logits_processors(repetition_penalty=repetition_penalty,
+                                        **{k: v for k, v in (processors or {}).items() if v})
     model.eval()
     model = steered(model, steer, len(ids), span, names, sae, layer)
     yield from stream_generate(model, tokenizer, mx.array(ids), max_tokens=max_tokens,
@@ -221,12 +235,7 @@ def generate_tokens(model: nn.Module, tokenizer, prompt, **kwargs) -> list[int]:
     return [int(r.token) for r in stream(model, tokenizer, prompt, **kwargs)]
 
 
-def predicted_concepts(model: nn.Module, tokenizer, text: str, top: int = 5,
-                       labels: Optional[dict[int, str]] = None) -> list[dict]:
-    """Per token of ``text``: the ``top`` concepts the model predicts there, with their logits
-    and dictionary labels (when ``labels`` maps indices to names)."""
-    if not backbone(model).has_concepts:
-        raise ConfigError("concept inspection needs a CoCoMix model with a concept head")
+def _text_ids(model: nn.Module, tokenizer, text: str, top: int) -> list[int]:
     if top < 1:
         raise ConfigError(f"--top must be at least 1, not {top}")
     ids = tokenizer.encode(text)
@@ -234,16 +243,44 @@ def predicted_concepts(model: nn.Module, tokenizer, text: str, top: int = 5,
         raise ConfigError("the text is empty")
     context = backbone(model).context
     if len(ids) > context:
-        raise ConfigError(f"the text has {len(ids)} tokens but the model's context holds "
-                          f"{context}; give a shorter text")
+        raise ContextOverflow(f"the text has {len(ids)} tokens but the model's context holds "
+                              f"{context}; give a shorter text")
+    return ids
+
+
+def _token_rows(tokenizer, ids: list[int], scores: mx.array, top: int, key: str,
+                labels: Optional[dict[int, str]], keep=lambda value: True) -> list[dict]:
+    """Per position: the ``top`` largest of ``scores`` (T, C) as ``{"index", key, "label"}``."""
+    top = min(top, scores.shape[-1])
+    order = mx.argsort(-scores, axis=-1)[:, :top]
+    values = mx.take_along_axis(scores, order, -1)
+    return [{"position": t, "token": tokenizer.decode([ids[t]]),
+             "concepts": [{"index": i, key: v, "label": (labels or {}).get(i)}
+                          for i, v in zip(idx_row, val_row) if keep(v)]}
+            for t, (idx_row, val_row) in enumerate(zip(order.tolist(), values.tolist()))]
+
+
+def predicted_concepts(model: nn.Module, tokenizer, text: str, top: int = 5,
+                       labels: Optional[dict[int, str]] = None) -> list[dict]:
+    """Per token of ``text``: the ``top`` concepts the model predicts there, with their logits
+    and dictionary labels (when ``labels`` maps indices to names)."""
+    if not backbone(model).has_concepts:
+        raise ConfigError("concept inspection needs a CoCoMix model with a concept head, or a "
+                          "plain model with --sae and --layer")
+    ids = _text_ids(model, tokenizer, text, top)
     model.eval()
     _, z = model(mx.array([ids]), return_concepts=True)
-    top = min(top, z.shape[-1])
-    order = mx.argsort(-z[0], axis=-1)[:, :top]
-    values = mx.take_along_axis(z[0], order, -1)
-    rows = []
-    for t, (idx_row, val_row) in enumerate(zip(order.tolist(), values.tolist())):
-        rows.append({"position": t, "token": tokenizer.decode([ids[t]]),
-                     "concepts": [{"index": i, "logit": v, "label": (labels or {}).get(i)}
-                                  for i, v in zip(idx_row, val_row)]})
-    return rows
+    return _token_rows(tokenizer, ids, z[0], top, "logit", labels)
+
+
+def sae_latents(model: nn.Module, tokenizer, sae, text: str, top: int = 5,
+                labels: Optional[dict[int, str]] = None, layer: Optional[int] = None) -> list[dict]:
+    """Per token of ``text``: the ``top`` largest active latents (post-TopK, so at most the
+    SAE's k) of ``sae`` on the residual after block ``layer`` (default: the SAE's own), with
+    their activations and labels."""
+    layer = sae_layer(model, sae, layer)
+    bb = backbone(model)
+    ids = _text_ids(model, tokenizer, text, top)
+    model.eval()
+    z = sae.encode(bb.residual(mx.array([ids]), layer))[0].astype(mx.float32)
+    return _token_rows(tokenizer, ids, z, top, "activation", labels, keep=lambda v: v > 0)

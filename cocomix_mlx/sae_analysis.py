@@ -160,6 +160,11 @@ def read_dictionary(path: str | Path) -> list[dict]:
         raise DataError(f"cannot read the concept dictionary {path}: {e}") from None
 
 
+def dictionary_labels(path: str | Path) -> dict[int, str]:
+    """Latent index → label from a ``describe`` dictionary."""
+    return {item["index"]: item["label"] for item in read_dictionary(path)}
+
+
 def concept_names(path: str | Path) -> dict[str, int]:
     """Label → latent index from a ``describe`` dictionary (the first latent of each label;
     ``label#index`` always works)."""
