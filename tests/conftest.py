@@ -143,3 +143,48 @@ def serve_handler(handler):
         server.server_close()
 
     return f"http://127.0.0.1:{server.server_address[1]}", stop
+
+
+WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+
+
+def start_server(*args):
+    """``cocomix serve ARGS --port 0`` in a subprocess: (base url, process). The server prints
+    its address on the first line of its output once it listens."""
+    import re
+    import subprocess
+    import sys
+    import threading
+
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    pytest.importorskip("uvicorn", reason="the serve extra is not installed")
+    proc = subprocess.Popen([sys.executable, "-m", "cocomix_mlx.cli.app", "serve",
+                             *map(str, args), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, first = [], threading.Event()
+
+    def read():  # keep the pipe drained for the server's whole life
+        for line in proc.stdout:
+            lines.append(line)
+            first.set()
+        first.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    first.wait(180)
+    found = re.search(r"http://127\.0\.0\.1:(\d+)/", lines[0] if lines else "")
+    if not found:
+        proc.kill()
+        pytest.fail(f"the server did not start: {''.join(lines)}")
+    proc.output = lines
+    return f"http://127.0.0.1:{found.group(1)}", proc
+
+
+def stop_server(proc) -> None:
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(20)
+    except Exception:
+        proc.kill()
+        proc.wait()
