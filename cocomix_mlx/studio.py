@@ -212,21 +212,25 @@ class Studio:
         return {"object": "list", "kind": "cocomix", "value": "logit", "data": rows}
 
     def search(self, query: str, limit: int = 20) -> list[dict]:
-        """Dictionary entries whose label, index, top contexts or promoted tokens contain
-        ``query`` (case-insensitive); label matches first, then by frequency."""
+        """Live dictionary entries matching ``query`` (case-insensitive): by label (exact,
+        then contained), index, promoted tokens, then top contexts; within each, the most
+        matches first, then the most frequent. An empty query lists the most frequent."""
         q = query.strip().lower()
         hits = []
         for item in self.dictionary:
+            if item["label"] == "dead":
+                continue
             label = item["label"].lower()
-            rank = (0 if label == q else 1 if q in label else 2 if q == str(item["index"])
-                    else 3 if any(q in p.lower() for p in item.get("promoted", []))
-                    else 4 if any(q in c["text"].lower() for c in item.get("contexts", []))
-                    else None) if q else 1
-            if rank is not None and item["label"] != "dead":
-                hits.append((rank, -item.get("frequency", 0.0), item["index"], item))
-        hits.sort(key=lambda h: h[:3])
-        return [h[3] for h in hits[:limit]]
-
+            promoted = sum(q in p.lower() for p in item.get("promoted", []))
+            contexts = sum(q in c["text"].lower() for c in item.get("contexts", []))
+            tier = (1 if not q else 0 if label == q else 1 if q in label
+                    else 2 if q == str(item["index"]) else 3 if promoted
+                    else 4 if contexts else None)
+            if tier is not None:
+                hits.append((tier, -(promoted + contexts), -item.get("frequency", 0.0),
+                             item["index"], item))
+        hits.sort(key=lambda h: h[:4])
+        return [h[4] for h in hits[:limit]]
 
 def open_studio(model: str | Path, dictionary: Optional[str | Path] = None,
                 sae: Optional[str | Path] = None, layer: Optional[int] = None,

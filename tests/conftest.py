@@ -188,3 +188,4 @@ def stop_server(proc) -> None:
     except Exception:
         proc.kill()
         proc.wait()
+ROOT_README = WEIGHTS.parent / "README.md"

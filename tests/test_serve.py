@@ -312,3 +312,15 @@ def test_serve_refuses_a_busy_port():
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "another --port" in r.stderr
     r = cocomix("serve", "--model", WEIGHTS / "cocomix", "--port", 70000)
     assert r.returncode == 2 and "not a port" in r.stderr
+
+
+def test_the_readme_client_snippet_runs(server, capsys):
+    import re
+
+    from conftest import ROOT_README
+
+    snippet = re.search(r"<!-- client -->\s*```python\n(.*?)```", ROOT_README.read_text(),
+                        flags=re.S).group(1)
+    exec(snippet.replace("http://127.0.0.1:8080/v1", server + "/v1"), {})
+    plain, steered = capsys.readouterr().out.splitlines()
+    assert plain != steered

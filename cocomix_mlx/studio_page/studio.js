@@ -223,8 +223,11 @@ function search() {
       list.replaceChildren();
       for (const item of found.data) {
         const contexts = el("div", { class: "contexts" });
-        (item.contexts || []).slice(0, 2).forEach((c) => contexts.append(marked(c.text), el("br")));
-        if (item.promoted) contexts.append(`promotes: ${item.promoted.slice(0, 6).join(" ")}`);
+        const needle = q.trim().toLowerCase();
+        const shown = [...(item.contexts || [])].sort((a, b) =>
+          b.text.toLowerCase().includes(needle) - a.text.toLowerCase().includes(needle));
+        shown.slice(0, 2).forEach((c) => contexts.append(marked(c.text), el("br")));
+        if (item.promoted) contexts.append(`promotes: ${item.promoted.join(" ")}`);
         list.append(el("div", { class: "result" },
           el("span", { class: "name" }, item.label, " ", el("small", {},
              `#${item.index} · ${(100 * (item.frequency || 0)).toFixed(2)}% of tokens`)),
