@@ -213,7 +213,16 @@ def stream(model: nn.Module, tokenizer, prompt: str | list[int],
     vocab = backbone(model).vocab
     if not all(isinstance(i, numbers.Integral) and 0 <= i < vocab for i in ids):
         raise ConfigError(f"prompt token ids must be integers in 0..{vocab - 1}")
+    for token, bias in ((processors or {}).get("logit_bias") or {}).items():
+        if not (isinstance(token, numbers.Integral) and 0 <= token < vocab
+                and math.isfinite(bias)):  # an id past the vocabulary would write out of bounds
+            raise ConfigError(f"logit_bias needs token ids in 0..{vocab - 1} and finite biases, "
+                              f"not {token}: {bias}")
     max_tokens = fit_context(model, len(ids), max_tokens)
+    if top_k >= vocab:
+        raise ConfigError(f"top-k {top_k} must be below the vocabulary size {vocab} (0: off)")
+    if seed is not None and not 0 <= seed < 2**64:
+        raise ConfigError(f"seed {seed} must be in 0..2^64-1")
     if seed is not None:
         mx.random.seed(seed)
     sampler = make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 from fastapi import FastAPI, Query
 from fastapi.exceptions import RequestValidationError
@@ -46,7 +46,7 @@ class Sampling(BaseModel):
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     repetition_penalty: Optional[float] = Field(None, gt=0)
-    logit_bias: Optional[dict[int, float]] = None
+    logit_bias: Optional[dict[int, Annotated[float, Field(ge=-100, le=100)]]] = None
     steer: Optional[dict[str, float]] = None
     span: Literal["all", "prompt", "generated"] = "all"
 
@@ -99,9 +99,13 @@ class NotServed(CocomixError):
     """A model name this server does not serve (404)."""
 
 
+class ServerFault(CocomixError):
+    """A failure that is not the request's fault (500); logged on the server."""
+
+
 def _status(e: CocomixError) -> int:
-    return 404 if isinstance(e, (UnknownConcept, NotServed)) else (
-        413 if isinstance(e, ContextOverflow) else 400)
+    return (404 if isinstance(e, (UnknownConcept, NotServed)) else
+            413 if isinstance(e, ContextOverflow) else 500 if isinstance(e, ServerFault) else 400)
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
@@ -127,7 +131,10 @@ class Job:
     async def next(self):
         kind, item = await self.queue.get()
         if kind == "error":
-            raise item
+            if isinstance(item, CocomixError):
+                raise item
+            log.error("internal error: %s: %s", type(item).__name__, item)
+            raise ServerFault(f"internal error ({type(item).__name__}); see the server's log")
         return Job.END if kind == "done" else item
 
     async def rest(self):
@@ -145,8 +152,9 @@ def create_app(studio: Studio) -> FastAPI:
 
     @app.exception_handler(CocomixError)
     async def _typed(request, e: CocomixError):
-        return error(_status(e), str(e), "not_found_error" if _status(e) == 404 else
-                     "invalid_request_error")
+        status = _status(e)
+        return error(status, str(e), {404: "not_found_error", 500: "server_error"}.get(
+            status, "invalid_request_error"))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, e: RequestValidationError):

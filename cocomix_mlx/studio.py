@@ -7,6 +7,7 @@ of the concept studio page.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -149,6 +150,9 @@ class Studio:
                             break
                 emit("done", None)
             except Exception as e:  # noqa: BLE001 (handed to the waiting request)
+                # a job that failed inside a compiled sampler can leave a placeholder in MLX's
+                # random state, which would fail every later request: start it afresh
+                mx.random.seed(int.from_bytes(os.urandom(8), "little"))
                 emit("error", e)
 
     # -- the work -----------------------------------------------------------------------------

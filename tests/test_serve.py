@@ -249,6 +249,12 @@ def test_sae_server_reads_and_steers_latents():
     ("/v1/completions", {"prompt": "x", "steer": {"no such": 2}}, 404, "unknown concept"),
     ("/v1/completions", {"prompt": "x", "steer": {"99999": 2}}, 404, "out of range"),
     ("/v1/completions", {"prompt": "x", "model": "gpt-4"}, 404, "not served"),
+    ("/v1/completions", {"prompt": "x", "logit_bias": {"999999": 5}}, 400, "logit_bias"),
+    ("/v1/completions", {"prompt": "x", "top_k": 100000}, 400, "top-k"),
+    ("/v1/completions", {"prompt": "x", "seed": -5}, 400, "seed"),
+    ("/v1/completions", {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ("/v1/completions", {"prompt": "x", "echo": True, "logprobs": 1}, 400, "echo"),
+    ("/v1/completions", {"prompt": ["a", "b"]}, 400, "one prompt"),
     ("/v1/completions", {"prompt": "whale " * 300}, 413, "context"),
     ("/v1/chat/completions", {"messages": []}, 400, "messages"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi " * 300}]}, 413, "context"),
@@ -324,3 +330,37 @@ def test_the_readme_client_snippet_runs(server, capsys):
     exec(snippet.replace("http://127.0.0.1:8080/v1", server + "/v1"), {})
     plain, steered = capsys.readouterr().out.splitlines()
     assert plain != steered
+
+
+def test_a_failed_job_does_not_poison_the_next(shipped):
+    """An error raised inside one of mlx-lm's compiled samplers leaves a placeholder in MLX's
+    random state that fails every later unseeded sample; the studio's worker starts the state
+    afresh after a failed job."""
+    import queue
+
+    import mlx.core as mx
+    from mlx_lm.sample_utils import make_sampler
+
+    from cocomix_mlx.studio import Request, Studio
+
+    studio = Studio(*shipped, "cocomix")
+    results = queue.Queue()
+
+    def run(make):
+        done = threading.Event()
+        studio.submit(make, lambda kind, item: (results.put((kind, item)),
+                                                kind != "item" and done.set()), threading.Event())
+        done.wait(60)
+        out = []
+        while not results.empty():
+            out.append(results.get())
+        return out
+
+    def failing():
+        make_sampler(temp=1.0, top_k=10 ** 6)(mx.zeros((1, 64)))
+        yield
+
+    assert run(failing)[-1][0] == "error"
+    ids = shipped[1].encode(PROMPT)
+    events = run(lambda: studio.complete(Request(ids, max_tokens=4, temperature=1.0)))
+    assert events[-1] == ("done", None) and events[-2][1].completion_tokens == 4
