@@ -112,21 +112,29 @@ def _hub_error(repo: str, e: Exception) -> ConfigError:
     if isinstance(e, LocalEntryNotFoundError):
         return ConfigError(f"{repo} is not in the local Hugging Face cache and the Hub cannot be "
                            "reached (offline?); download it first or pass local files")
-    return ConfigError(f"cannot fetch the dataset {repo} from the Hugging Face Hub: "
-                       f"{str(e).splitlines()[0]}")
+    first = " ".join(str(e).split()) or type(e).__name__
+    return ConfigError(f"cannot fetch the dataset {repo} from the Hugging Face Hub: {first}; "
+                       "run the command again to resume (finished files stay cached)")
 
 
 def _hub_snapshot(repo: str, revision: Optional[str], patterns: list[str], dry_run=False):
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import DryRunError, HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import DryRunError
+    from huggingface_hub.utils import (are_progress_bars_disabled, disable_progress_bars,
+                                       enable_progress_bars)
 
+    quiet = are_progress_bars_disabled()
+    disable_progress_bars()  # a bar per listing is noise; each data file shows its own
     try:
         got = snapshot_download(repo, repo_type="dataset", revision=revision,
                                 allow_patterns=patterns, dry_run=dry_run)
     except DryRunError:  # the Hub cannot be reached: the caller turns to the cache
         raise
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 (Hub and HTTP client errors alike)
         raise _hub_error(repo, e) from None
+    finally:
+        if not quiet:
+            enable_progress_bars()
     return got if dry_run else Path(got)
 
 
@@ -138,12 +146,11 @@ class HubFile(RemoteFile):
 
     def fetch(self) -> Path:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
         try:
             return Path(hf_hub_download(self.repo, self.name, repo_type="dataset",
                                         revision=self.revision))
-        except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 (the HTTP client's own errors, after its retries)
             raise _hub_error(self.repo, e) from None
 
     def __str__(self) -> str:

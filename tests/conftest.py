@@ -63,9 +63,12 @@ def tiny_teacher(mobydick_data, tmp_path_factory):
     return out
 
 
-def fake_hub(files, uploads=None):
+def fake_hub(files, uploads=None, cut=None, log=None):
     """A minimal Hugging Face Hub API on 127.0.0.1 serving one repo's ``files`` {name: bytes}
-    (as a model or a dataset repository); commits pushed to it land in ``uploads``."""
+    (as a model or a dataset repository); commits pushed to it land in ``uploads``. Downloads
+    honour ``Range: bytes=N-``; the next ``cut[name]`` downloads of a file stop after half of
+    its bytes (the connection drops); ``log`` collects (name, Range header) per download."""
+    cut = cut if cut is not None else {}
     import base64
     import hashlib
     import http.server
@@ -96,9 +99,32 @@ def fake_hub(files, uploads=None):
             name = path.split("/resolve/", 1)[-1].split("/", 1)[-1]
             if "/resolve/" in path and name in files:
                 etag = hashlib.sha256(files[name]).hexdigest()  # blobs are cached by ETag
-                return self._send(files[name], head, [("ETag", f'"{etag}"'), ("X-Repo-Commit", sha)])
+                headers = [("ETag", f'"{etag}"'), ("X-Repo-Commit", sha)]
+                if head:
+                    return self._send(files[name], head, headers)
+                return self._download(name, files[name], headers)
             self.send_response(404)
             self.end_headers()
+
+        def _download(self, name, blob, headers):
+            wanted = self.headers.get("Range")
+            if log is not None:
+                log.append((name, wanted))
+            start = int(wanted.split("=")[1].split("-")[0]) if wanted else 0
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(blob) - start))
+            if start:
+                self.send_header("Content-Range", f"bytes {start}-{len(blob) - 1}/{len(blob)}")
+            for k, v in headers:
+                self.send_header(k, v)
+            self.end_headers()
+            if cut.get(name, 0) > 0:
+                cut[name] -= 1
+                self.wfile.write(blob[start:start + (len(blob) - start) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(blob[start:])
 
         def do_GET(self):
             self.route(False)
