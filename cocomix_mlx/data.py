@@ -17,6 +17,7 @@ from .files import refuse_existing
 from .text import Chunk, Progress, RemoteFile, iter_chunks
 
 BATCH_ORDERS = ("random", "windows")
+BATCH_CHARS = 2 << 20  # characters tokenized at once by `prepare` (~170 bytes per token held)
 
 
 def prepare(inputs: list[str], tokenizer_dir: str, out_dir: str, val_fraction: float = 0.01,
@@ -48,6 +49,7 @@ def prepare(inputs: list[str], tokenizer_dir: str, out_dir: str, val_fraction: f
         counts = {"train": 0, "val": 0}
         files = {s: open(tmp / f"{s}.bin", "wb") for s in counts}
         batch: list[Chunk] = []
+        chars = 0
 
         def flush() -> bool:
             """Write the batch; True once the training split is full."""
@@ -62,12 +64,15 @@ def prepare(inputs: list[str], tokenizer_dir: str, out_dir: str, val_fraction: f
                 if max_tokens and counts["train"] >= max_tokens:
                     return True
             batch.clear()
+            nonlocal chars
+            chars = 0
             return False
 
         try:
             for chunk in iter_chunks(inputs, val_fraction, progress, text_field, split_seed):
                 batch.append(chunk)
-                if (len(batch) >= 8 or chunk.file_end) and flush():
+                chars += len(chunk.text)
+                if (len(batch) >= 8 or chars >= BATCH_CHARS or chunk.file_end) and flush():
                     break  # a remote file after this one is never fetched
             else:
                 flush()
