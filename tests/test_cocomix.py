@@ -77,18 +77,23 @@ def test_compression_of_few_positions_equals_the_dense_product():
 
 
 def test_compiled_decoding_step_equals_the_named_steps():
-    """``decode_concept`` (steps 1-3 compiled for one position per row) gives the concept
-    vector and logits of ``predict_concepts`` → ``select_concepts`` → ``compress``."""
-    from cocomix_mlx.models.cocomix import decode_concept
+    """``decode_steps`` (steps 1-3 compiled for one position per row) gives the concept vector
+    and logits of ``predict_concepts`` → ``select_concepts`` → ``compress``, and follows the
+    model's weights when they are replaced after it was first compiled."""
+    from mlx.utils import tree_map
 
     model = cocomix_model(insert=2)
     h = mx.array(np.random.default_rng(5).normal(size=(3, 1, 32)).astype(np.float32) * 2)
-    z, mu, std = model.predict_concepts(h)
-    c = model.compress(*model.select_concepts(z), mu, std)
-    p, q = model.concept_predictor, model.compress_layer
-    fast_c, fast_z = decode_concept(h, p.weight, p.bias, model.pre_bias, q.weight, q.bias,
-                                    model.args.concept_num)
-    assert mx.abs(fast_z - z).max().item() < 1e-5 and mx.abs(fast_c - c).max().item() < 1e-5
+
+    def named():
+        z, mu, std = model.predict_concepts(h)
+        return model.compress(*model.select_concepts(z), mu, std), z
+
+    for _ in range(2):
+        (fast_c, fast_z), (c, z) = model.decode_steps(h), named()
+        assert mx.abs(fast_z - z).max().item() < 1e-5 and mx.abs(fast_c - c).max().item() < 1e-5
+        model.update(tree_map(lambda p: p * 1.5 + 0.1, model.parameters()))
+    assert mx.abs(model.decode_steps(h)[1] - fast_z).max().item() > 1e-3
 
 
 def test_cached_decoding_equals_full_forward():

@@ -65,19 +65,6 @@ class ModelArgs(gpt2.ModelArgs):
                 "insert_layer": self.insert_layer, "mixing": self.mixing, "pause": self.pause}
 
 
-@mx.compile
-def decode_concept(h, predictor_w, predictor_b, pre_bias, compress_w, compress_b, k: int):
-    """Steps 1-3 (``predict_concepts``, ``select_concepts``, ``compress``) for one position per
-    row, as decoding runs them, compiled into one graph: ``(c, z)``. The same arithmetic as the
-    steps; compiled, a decoded token builds one node here instead of some thirty."""
-    x, mu, std = standardize(h)
-    z = (x - pre_bias) @ predictor_w.T + predictor_b
-    index = mx.argpartition(-z, kth=k - 1, axis=-1)[..., :k]
-    values = mx.take_along_axis(z, index, -1)
-    c = (values[..., None, :] @ compress_w.T[index])[..., 0, :] + compress_b
-    return (c + pre_bias) * std + mu, z
-
-
 def interleave(h: mx.array, c: mx.array) -> mx.array:
     """``[h_1, c_1, h_2, c_2, ...]``: (B, T, d) × 2 → (B, 2T, d)."""
     B, T, d = h.shape
@@ -167,16 +154,30 @@ class Model(gpt2.TiedLM):
         if self.args.pause:
             c, z = self.pause.astype(h.dtype), None
         elif steering is None and h.shape[1] == 1 and self._plain_layers():
-            p, q = self.concept_predictor, self.compress_layer
-            c, z = decode_concept(h, p.weight, p.bias, self.pre_bias, q.weight, q.bias,
-                                  self.args.concept_num)
+            c, z = self.decode_steps(h)
         else:
-            z, mu, std = self.predict_concepts(h)
-            positions = mx.arange(offset, offset + h.shape[1])
-            c = self.compress(*self.select_concepts(z, positions, steering), mu, std)
+            c, z = self.concept_steps(h, offset, steering)
         if self.interleaves:
             return interleave(h, c), z
         return (h + c if self.args.mixing == "add" else h), z
+
+    def concept_steps(self, h: mx.array, offset: int = 0,
+                      steering: Optional[Steering] = None) -> tuple[mx.array, mx.array]:
+        """Steps 1-3: the continuous concept ``c`` and the concept logits ``z`` of ``h``, whose
+        first position is token ``offset``."""
+        z, mu, std = self.predict_concepts(h)
+        positions = mx.arange(offset, offset + h.shape[1])
+        return self.compress(*self.select_concepts(z, positions, steering), mu, std), z
+
+    def decode_steps(self, h: mx.array) -> tuple[mx.array, mx.array]:
+        """:meth:`concept_steps` for one position per row and no steering, as decoding runs
+        them: compiled into one graph (a decoded token builds one node here instead of some
+        thirty), with the model's parameters as its implicit inputs."""
+        compiled = self.__dict__.get("_decode_steps")
+        if compiled is None:
+            compiled = mx.compile(lambda x: self.concept_steps(x), inputs=self.state)
+            object.__setattr__(self, "_decode_steps", compiled)
+        return compiled(h)
 
     def _plain_layers(self) -> bool:
         return not isinstance(self.concept_predictor, nn.QuantizedLinear) and \
