@@ -51,11 +51,12 @@ class Sampling(BaseModel):
     span: Literal["all", "prompt", "generated"] = "all"
 
     def request(self, prompt: list[int], logprobs: Optional[int]) -> Request:
-        return Request(prompt, self.max_tokens, self.temperature, self.top_p, self.top_k,
-                       self.min_p, self.seed, [self.stop] if isinstance(self.stop, str)
-                       else list(self.stop or []), logprobs, self.repetition_penalty,
-                       self.presence_penalty, self.frequency_penalty, self.logit_bias,
-                       dict(self.steer or {}), self.span)
+        fields = {name: getattr(self, name) for name in (
+            "max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "span",
+            "repetition_penalty", "presence_penalty", "frequency_penalty", "logit_bias")}
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return Request(prompt, stop=stop, logprobs=logprobs, steer=dict(self.steer or {}),
+                       **fields)
 
 
 class CompletionBody(Sampling):
