@@ -85,7 +85,12 @@ async function streamInto(target, body) {
 }
 
 function visible(token) {
-  return token.replace(/\n/g, "↵").replace(/\t/g, "⇥") || "∅";
+  const shown = token.replace(/\n/g, "↵").replace(/\t/g, "⇥");
+  return shown.trim() ? shown : shown.replace(/\s/g, "␣") || "∅";
+}
+
+function conceptName(index, label) {
+  return label || (state.info.kind === "sae" ? "latent" : "concept");
 }
 
 function renderTokens(rows, promptTokens) {
@@ -126,7 +131,7 @@ function show(row, chip, force = false) {
     const bar = el("span", { class: c[key] < 0 ? "neg" : "", style: `width:${width}` });
     list.append(el("div", { class: "concept" },
       el("span", { class: "name", title: c.label || `concept ${c.index}` },
-        c.label || `#${c.index}`, " ", el("small", {}, `#${c.index}`)),
+        conceptName(c.index, c.label), " ", el("small", {}, `#${c.index}`)),
       el("div", { class: "bar", "aria-hidden": "true" }, bar),
       el("span", { class: "value" }, c[key].toFixed(2)),
       el("button", { class: "steer", "aria-label": `steer ${c.label || c.index}`,
@@ -153,7 +158,7 @@ function renderSteering() {
       oninput: (e) => { item.alpha = parseFloat(e.target.value); value.textContent = item.alpha.toFixed(1); },
     });
     list.append(el("div", { class: "steer-row" },
-      el("span", { class: "name" }, item.label || `#${index}`, " ", el("small", {}, `#${index}`)),
+      el("span", { class: "name" }, conceptName(index, item.label), " ", el("small", {}, `#${index}`)),
       slider, value,
       el("button", { "aria-label": `remove ${item.label || index}`,
                      onclick: () => { state.steering.delete(index); renderSteering(); } }, "×")));
@@ -194,7 +199,7 @@ function generateSteered() {
     const steer = Object.fromEntries([...state.steering].map(([i, s]) => [String(i), s.alpha]));
     $("#compare").hidden = false;
     $("#steer-summary").textContent = [...state.steering]
-      .map(([i, s]) => `${s.label || "#" + i} ×${s.alpha}`).join(", ");
+      .map(([i, s]) => `${s.label || "#" + i} ×${s.alpha}`).join(", ");  // e.g. "whale ×8"
     $("#compare-note").textContent = "";
     const plain = await streamInto($("#plain"), body);
     const steered = await streamInto($("#steered"), { ...body, steer, span: $("#span").value });
@@ -234,7 +239,10 @@ function search() {
           el("button", { "aria-label": `steer ${item.label}`, onclick: () => addSteer(item.index, item.label) }, "steer"),
           contexts));
       }
-      if (!found.data.length) list.append(el("p", { class: "muted" }, q ? "no match" : "no dictionary loaded (serve with --concepts)"));
+      if (!found.data.length) {
+        list.append(el("p", { class: "muted" }, state.info.dictionary
+          ? "no match" : "no dictionary loaded (serve with --concepts FILE from `cocomix sae describe`)"));
+      }
     } catch (e) { showError(e.message); }
   }, 150);
 }
