@@ -124,4 +124,6 @@ def quickstart(
     samples.add_row(PROMPT + plain, PROMPT + steered)
     console.print(samples, highlight=False)
     console.print(f"models in {out}; try `cocomix generate --model {out / 'cocomix'} --prompt "
-                  f"\"...\" --concepts {shipped / 'concepts.json'} --steer LABEL=6`")
+                  f"\"...\" --concepts {shipped / 'concepts.json'} --steer LABEL=6`, or read and "
+                  f"steer its concepts in the browser: `cocomix serve --model {out / 'cocomix'} "
+                  f"--concepts {shipped / 'concepts.json'}` (the serve extra)")
