@@ -26,6 +26,7 @@ from .errors import CocomixError, ContextOverflow, UnknownConcept
 from .studio import Piece, Request, Studio, chat_prompt
 
 PAGE = Path(__file__).parent / "studio_page"
+STARTED = int(time.time())  # the ``created`` time of the served model
 log = logging.getLogger("cocomix.serve")
 
 
@@ -252,21 +253,21 @@ def create_app(studio: Studio) -> FastAPI:
                     yield _sse({**head, "object": obj + ".chunk", "choices": [
                         {"index": 0, "delta": {"role": "assistant", "content": ""},
                          "logprobs": None, "finish_reason": None}]})
-                pieces, prefix = [first], echo
+                piece, prefix = first, echo
                 while True:
-                    piece = pieces[-1]
                     yield _sse({**head, "object": obj + ".chunk" if chat else obj,
                                 "choices": [chunk(piece, chat, prefix, req)]})
                     prefix = ""
                     if piece.finish_reason:
                         break
-                    pieces.append(await job.next())
+                    piece = await job.next()
                 if (body.stream_options or {}).get("include_usage"):
                     yield _sse({**head, "object": obj + ".chunk" if chat else obj,
-                                "choices": [], "usage": usage(pieces[-1])})
+                                "choices": [], "usage": usage(piece)})
                 yield _sse("[DONE]")
             except CocomixError as e:  # after the first token: reported in the stream
-                yield _sse({"error": {"message": str(e), "type": "invalid_request_error"}})
+                kind = "server_error" if _status(e) == 500 else "invalid_request_error"
+                yield _sse({"error": {"message": str(e), "type": kind}})
             finally:
                 job.cancelled.set()
 
@@ -274,9 +275,6 @@ def create_app(studio: Studio) -> FastAPI:
                                  headers={"Cache-Control": "no-cache"})
 
     return app
-
-
-STARTED = int(time.time())
 
 
 def usage(last: Piece) -> dict:
