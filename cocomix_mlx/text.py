@@ -147,7 +147,7 @@ def _parquet_file(path: Path, field: str):
     except ImportError:
         raise DataError('reading Parquet needs pyarrow: pip install "cocomix-mlx[data]"') from None
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering reads far ahead
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError subclasses on bad files
         raise DataError(f"cannot read {path} as Parquet: {e}") from None
     if field not in pf.schema_arrow.names:
