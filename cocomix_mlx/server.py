@@ -18,9 +18,10 @@ from typing import Annotated, Literal, Optional, Union
 
 from fastapi import FastAPI, Query
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
+from starlette.requests import Request as HTTPRequest
 
 from .errors import CocomixError, ContextOverflow, UnknownConcept
 from .studio import Piece, Request, Studio, chat_prompt
@@ -139,10 +140,6 @@ class Job:
             raise ServerFault(f"internal error ({type(item).__name__}); see the server's log")
         return Job.END if kind == "done" else item
 
-    async def rest(self):
-        while (item := await self.next()) is not Job.END:
-            yield item
-
 
 def _sse(data) -> bytes:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
@@ -191,7 +188,7 @@ def create_app(studio: Studio) -> FastAPI:
         return studio.info()
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionBody):
+    async def completions(body: CompletionBody, http: HTTPRequest):
         check_model(body.model)
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
@@ -203,17 +200,18 @@ def create_app(studio: Studio) -> FastAPI:
         ids = studio.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         echo = (prompt if isinstance(prompt, str) else studio.tokenizer.decode(ids)) \
             if body.echo else ""
-        return await respond(body, body.request(ids, body.logprobs), "text_completion", echo)
+        return await respond(http, body, body.request(ids, body.logprobs), "text_completion",
+                             echo)
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatBody):
+    async def chat(body: ChatBody, http: HTTPRequest):
         check_model(body.model)
         if body.max_completion_tokens is not None:
             body.max_tokens = body.max_completion_tokens
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         ids = chat_prompt(studio.tokenizer, messages)
         top = (body.top_logprobs or 0) if body.logprobs else None
-        return await respond(body, body.request(ids, top), "chat.completion", "")
+        return await respond(http, body, body.request(ids, top), "chat.completion", "")
 
     @app.post("/v1/concepts")
     async def concepts(body: ConceptsBody):
@@ -236,14 +234,28 @@ def create_app(studio: Studio) -> FastAPI:
             raise HTTPException(404, f"no file {name!r}")
         return FileResponse(files[name])
 
-    async def respond(body: Sampling, req: Request, obj: str, echo: str):
+    async def respond(http: HTTPRequest, body: Sampling, req: Request, obj: str, echo: str):
         job = Job(studio, lambda: studio.complete(req))
-        first = await job.next()  # a bad request fails here, before any byte is sent
+        try:
+            first = await job.next()  # a bad request fails here, before any byte is sent
+        except BaseException:  # also a client gone before its first token: free the model
+            job.cancelled.set()
+            raise
         head = {"id": ("chatcmpl-" if obj.startswith("chat") else "cmpl-") + uuid.uuid4().hex,
                 "created": int(time.time()), "model": studio.model_id}
         chat = obj.startswith("chat")
         if not body.stream:
-            pieces = [first] + [p async for p in job.rest()]
+            pieces = [first]
+            try:
+                while not pieces[-1].finish_reason:
+                    if await http.is_disconnected():  # its generation stops here
+                        return Response(status_code=499)
+                    piece = await job.next()
+                    if piece is Job.END:
+                        break
+                    pieces.append(piece)
+            finally:
+                job.cancelled.set()
             return {**head, "object": obj, "choices": [choice(pieces, chat, echo, req)],
                     "usage": usage(pieces[-1])}
 

@@ -128,6 +128,7 @@ class Studio:
             self.kind, self.concept_count = "plain", 0
         model.eval()
         self._jobs: queue.Queue = queue.Queue()
+        self.stats = {"jobs": 0, "items": 0, "cancelled": 0}  # items: generated tokens, ...
         threading.Thread(target=self._work, name="cocomix-studio", daemon=True).start()
 
     # -- the worker ---------------------------------------------------------------------------
@@ -142,12 +143,17 @@ class Studio:
     def _work(self) -> None:
         while True:
             make, emit, cancelled = self._jobs.get()
+            self.stats["jobs"] += 1
             try:
-                if not cancelled.is_set():
+                stopped = cancelled.is_set()
+                if not stopped:
                     for item in make():
+                        self.stats["items"] += 1
                         emit("item", item)
-                        if cancelled.is_set():
+                        if cancelled.is_set():  # its client went away
+                            stopped = True
                             break
+                self.stats["cancelled"] += stopped
                 emit("done", None)
             except Exception as e:  # noqa: BLE001 (handed to the waiting request)
                 # a job that failed inside a compiled sampler can leave a placeholder in MLX's
@@ -160,7 +166,7 @@ class Studio:
     def info(self) -> dict:
         return {"model": self.model_id, "kind": self.kind, "concepts": self.concept_count,
                 "steerable": self.kind != "plain", "dictionary": len(self.dictionary),
-                "layer": self.layer, "context": self.context}
+                "layer": self.layer, "context": self.context, "served": dict(self.stats)}
 
     def complete(self, req: Request) -> Iterator[Piece]:
         """The pieces of one completion (runs on the worker)."""

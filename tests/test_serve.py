@@ -364,3 +364,23 @@ def test_a_failed_job_does_not_poison_the_next(shipped):
     ids = shipped[1].encode(PROMPT)
     events = run(lambda: studio.complete(Request(ids, max_tokens=4, temperature=1.0)))
     assert events[-1] == ("done", None) and events[-2][1].completion_tokens == 4
+
+
+def test_a_client_that_leaves_before_its_answer_stops_its_generation(server):
+    """A non-streaming request whose client disconnects stops generating (the worker's
+    counters in ``/v1/studio``: one more cancelled job, far fewer tokens than it asked for)."""
+    import socket
+    import time
+
+    before = get(server + "/v1/studio")["served"]
+    body = json.dumps({"prompt": "The", "max_tokens": 126, "temperature": 0}).encode()
+    host, port = server.split("//")[1].split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                  b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        time.sleep(0.05)
+    code, _ = post(server + "/v1/completions", {"prompt": "The", "max_tokens": 2})
+    after = get(server + "/v1/studio")["served"]
+    assert code == 200 and after["jobs"] == before["jobs"] + 2
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["items"] - before["items"] < 126 // 2
