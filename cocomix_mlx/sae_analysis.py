@@ -168,8 +168,13 @@ def dictionary_labels(path: str | Path) -> dict[int, str]:
 def concept_names(path: str | Path) -> dict[str, int]:
     """Label → latent index from a ``describe`` dictionary (the first latent of each label;
     ``label#index`` always works)."""
+    return names_of(read_dictionary(path))
+
+
+def names_of(latents: list[dict]) -> dict[str, int]:
+    """:func:`concept_names` of the latents of a dictionary already read."""
     names: dict[str, int] = {}
-    for item in read_dictionary(path):
+    for item in latents:
         names.setdefault(item["label"], item["index"])
         names[f"{item['label']}#{item['index']}"] = item["index"]
     return names

@@ -20,6 +20,7 @@ import mlx.nn as nn
 from .errors import ConfigError
 from .generate import predicted_concepts, sae_latents, sae_layer, stream
 from .models.backbone import backbone
+from .sae_analysis import names_of
 
 MAX_STOPS = 4  # OpenAI's limit on stop strings
 
@@ -114,10 +115,7 @@ class Studio:
         self.layer = sae_layer(model, sae, layer) if sae is not None else None
         self.dictionary = dictionary or []
         self.labels = {item["index"]: item["label"] for item in self.dictionary}
-        self.names: dict[str, int] = {}
-        for item in self.dictionary:
-            self.names.setdefault(item["label"], item["index"])
-            self.names[f"{item['label']}#{item['index']}"] = item["index"]
+        self.names = names_of(self.dictionary)
         bb = backbone(model)
         self.context, self.vocab = bb.context, bb.vocab
         if sae is not None:
