@@ -378,7 +378,10 @@ def test_a_client_that_leaves_before_its_answer_stops_its_generation(server):
     with socket.create_connection((host, int(port))) as s:
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
                   b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-        time.sleep(0.05)
+        deadline = time.time() + 30
+        while get(server + "/v1/studio")["served"]["jobs"] == before["jobs"]:  # it has started
+            assert time.time() < deadline
+            time.sleep(0.01)
     code, _ = post(server + "/v1/completions", {"prompt": "The", "max_tokens": 2})
     after = get(server + "/v1/studio")["served"]
     assert code == 200 and after["jobs"] == before["jobs"] + 2
