@@ -59,6 +59,47 @@ def test_causality_and_concept_slot_sees_its_token():
         assert np.abs(out[0, t] - base[0, t]).max() > 1e-4  # slot c_t sees token t
 
 
+def test_last_block_computing_only_the_read_slots_equals_the_whole_block():
+    """The last block runs its queries and MLP over the concept slots only: the logits, the
+    gradients and the KV cache (prefill, then one decoded token) equal those of running the
+    whole block and reading its concept slots."""
+    from mlx_lm.models.cache import KVCache
+
+    from cocomix_mlx.models.gpt2 import row_mask
+
+    model = cocomix_model(insert=2)
+    m, n = model.model, 4
+    tokens = mx.array(np.random.default_rng(7).integers(0, 61, (2, 9)))
+
+    def forward(tokens, cache, fast):
+        offset = model.token_offset(cache)
+        h, _ = model.mix(m.run_blocks(m.embed(tokens, offset), 0, 2, cache), offset)
+        return model.finish(h, 2, cache) if fast else model.readout(m.run_blocks(h, 2, n, cache))
+
+    caches = {}
+    for fast in (True, False):
+        cache = [KVCache() for _ in range(n)]
+        caches[fast] = (forward(tokens, cache, fast), forward(tokens[:, :1], cache, fast), cache)
+    for a, b in zip(caches[True][:2], caches[False][:2]):
+        assert mx.abs(a - b).max().item() < 1e-5
+    for a, b in zip(caches[True][2], caches[False][2]):
+        assert a.offset == b.offset and mx.abs(a.keys - b.keys).max().item() == 0
+        assert mx.abs(a.values - b.values).max().item() == 0
+    assert [c.offset for c in caches[True][2]] == [10, 10, 20, 20]
+
+    def loss(params, fast):
+        model.update(params)
+        return (forward(tokens, None, fast) ** 2).mean()
+
+    g_fast, g_full = (mx.grad(loss)(model.trainable_parameters(), f) for f in (True, False))
+    for (name, a), (_, b) in zip(tree_flatten(g_fast), tree_flatten(g_full)):
+        assert mx.abs(a - b).max().item() < 1e-5, name
+    kept = range(7)[1::2]  # rows 1, 3, 5 of 7 queries, over 10 keys (3 cached)
+    expected = np.arange(10)[None] <= (np.array(list(kept)) + 3)[:, None]
+    np.testing.assert_array_equal(np.array(row_mask(kept, 7, 10)), expected)
+    assert row_mask(range(2)[1::2], 2, 12) is None
+
+
 def test_compression_of_few_positions_equals_the_dense_product():
     """Decoding compresses by summing the k kept columns; training multiplies the dense z_k."""
     from cocomix_mlx.ops import SMALL

@@ -153,15 +153,15 @@ class CoCoMixBackbone(GPT2Backbone):
         if layer < self.insert:
             h = m.mix(run(h, layer + 1, self.insert, cache), offset)[0]
             layer = self.insert - 1
-        return m.readout(run(h, layer + 1, self.depth, cache))
+        return m.finish(h, layer + 1, cache)
 
     def split(self, tokens, layer):
         if self.token_stream(self.check_layer(layer)):
             return super().split(tokens, layer)
         s = self.lower(tokens, layer)  # interleaved: the token slots stay as they are
         token_slots = mx.stop_gradient(s.reshape(s.shape[0], -1, 2, s.shape[-1])[:, :, 0])
-        return cocomix.concept_slots(s), lambda x: self.model.readout(
-            self.run(cocomix.interleave(token_slots, x), layer + 1, self.depth))
+        return cocomix.concept_slots(s), lambda x: self.model.finish(
+            cocomix.interleave(token_slots, x), layer + 1)
 
 
 class LlamaBackbone(Backbone):

@@ -188,6 +188,18 @@ class Model(gpt2.TiedLM):
         when interleaved), through ``ln_f``."""
         return self.model.ln_f(concept_slots(h) if self.interleaves else h)
 
+    def finish(self, h: mx.array, start: int, cache=None) -> mx.array:
+        """Blocks ``start`` .. the last over the mixed stream ``h``, then step 5. When
+        interleaved, the last block computes only the concept slots the readout reads (the
+        token slots' keys and values still enter its cache): the same numbers, for half of
+        that block's queries and MLP rows."""
+        m, n = self.model, self.args.n_layer
+        if start >= n or not self.interleaves:
+            return self.readout(m.run_blocks(h, start, n, cache))
+        h = m.run_blocks(h, start, n - 1, cache)
+        last = cache[n - 1] if cache is not None else None
+        return m.ln_f(m.h[n - 1](h, "causal", last, rows=slice(1, None, 2)))
+
     def __call__(self, inputs: mx.array, cache=None, return_concepts: bool = False,
                  steering: Optional[Steering] = None, head: bool = True):
         """Next-token logits (B, T, V) read at the concept slots, and the concept logits ``z``
@@ -197,6 +209,6 @@ class Model(gpt2.TiedLM):
         offset = self.token_offset(cache)
         h = m.run_blocks(m.embed(inputs, offset), 0, a.insert_layer, cache)
         h, z = self.mix(h, offset, steering)
-        h = self.readout(m.run_blocks(h, a.insert_layer, a.n_layer, cache))
+        h = self.finish(h, a.insert_layer, cache)
         out = self.logits(h) if head else h
         return (out, z) if return_concepts else out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -50,15 +50,31 @@ class Attention(nn.Module):
         self.attn_pdrop = args.attn_pdrop
         self.attn_dropout = nn.Dropout(args.attn_pdrop)
 
-    def __call__(self, x: mx.array, mask: Any = "causal", cache: Any = None) -> mx.array:
+    def __call__(self, x: mx.array, mask: Any = "causal", cache: Any = None,
+                 rows: Optional[slice] = None) -> mx.array:
+        """Attention over ``x`` (B, L, D); with ``rows``, the output at those positions only
+        (every position's keys and values still enter the cache)."""
         B, L, D = x.shape
         q, k, v = mx.split(self.c_attn(x), 3, axis=-1)
         q, k, v = (a.reshape(B, L, self.n_head, -1).transpose(0, 2, 1, 3) for a in (q, k, v))
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
+        if rows is not None:
+            q = q[:, :, rows]
+            mask = row_mask(range(L)[rows], L, k.shape[2]) if mask is not None else None
         dropout = self.attn_dropout if self.training and self.attn_pdrop > 0 else None
         out = ops.attention(q, k, v, self.scale, mask, dropout)
-        return self.c_proj(out.transpose(0, 2, 1, 3).reshape(B, L, D))
+        return self.c_proj(out.transpose(0, 2, 1, 3).reshape(B, q.shape[2], D))
+
+
+def row_mask(kept: range, queries: int, keys: int) -> Optional[mx.array]:
+    """The causal mask (bottom-right aligned) of the ``kept`` rows of ``queries`` queries over
+    ``keys`` keys; None when only the last query is kept (it sees every key)."""
+    if len(kept) == 1 and kept[0] == queries - 1:
+        return None
+    shift = keys - queries
+    positions = mx.arange(kept.start + shift, kept.stop + shift, kept.step)
+    return positions[:, None] >= mx.arange(keys)[None]
 
 
 class MLP(nn.Module):
@@ -80,8 +96,11 @@ class Block(nn.Module):
         self.mlp = MLP(args)
         self.dropout = nn.Dropout(args.resid_pdrop)
 
-    def __call__(self, x: mx.array, mask: Any = "causal", cache: Any = None) -> mx.array:
-        x = x + self.dropout(self.attn(self.ln_1(x), mask, cache))
+    def __call__(self, x: mx.array, mask: Any = "causal", cache: Any = None,
+                 rows: Optional[slice] = None) -> mx.array:
+        """The block over ``x``; with ``rows``, its output at those positions only."""
+        a = self.attn(self.ln_1(x), mask, cache, rows)
+        x = (x if rows is None else x[:, rows]) + self.dropout(a)
         return x + self.dropout(self.mlp(self.ln_2(x)))
 
 
