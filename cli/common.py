@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -89,3 +91,10 @@ def print_token_rows(rows: list[dict], as_json: bool, title: str, header: str, c
     for row in rows:
         table.add_row(str(row["position"]), repr(row["token"]), cells(row))
     console.print(table)
+
+
+def dictionary_or_sae_default(dictionary: Optional[Path], sae: Optional[Path]) -> Optional[Path]:
+    """``--concepts``, or else the ``concepts.json`` shipped inside the ``--sae`` directory."""
+    if dictionary is None and sae is not None and (sae / "concepts.json").is_file():
+        return sae / "concepts.json"
+    return dictionary

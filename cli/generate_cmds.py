@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .common import console, print_token_rows
+from .common import console, dictionary_or_sae_default, print_token_rows
 
 
 def generate(
@@ -28,7 +28,8 @@ def generate(
     sae: Optional[Path] = typer.Option(None, "--sae", help="Steer a plain model through this SAE."),
     layer: Optional[int] = typer.Option(None, "--layer", help="Block the SAE reads (with --sae)."),
     dictionary: Optional[Path] = typer.Option(None, "--concepts",
-                                              help="Concept dictionary (`sae describe`) for NAME=ALPHA."),
+                                              help="Concept dictionary (`sae describe`) for NAME=ALPHA "
+                                              "(default: concepts.json in the --sae directory)."),
 ):
     """Generate text, optionally steering concepts (CoCoMix models)."""
     import cocomix_mlx as cm
@@ -36,7 +37,7 @@ def generate(
 
     net, tokenizer = cm.load(model)
     steering = parse_steer(steer)
-    names = None
+    dictionary, names = dictionary_or_sae_default(dictionary, sae), None
     if dictionary is not None:
         from cocomix_mlx.sae_analysis import concept_names
 
@@ -64,7 +65,8 @@ def concepts(
     model: Path = typer.Option(..., "--model", help="A CoCoMix checkpoint, or any model with --sae."),
     top: int = typer.Option(5, "--top", help="Concepts per token."),
     dictionary: Optional[Path] = typer.Option(None, "--concepts",
-                                              help="concepts.json from `sae describe`: labels."),
+                                              help="concepts.json from `sae describe`: labels "
+                                              "(default: the one in the --sae directory)."),
     sae: Optional[Path] = typer.Option(None, "--sae", help="Read this SAE's active latents instead "
                                                             "of predicted concepts."),
     layer: Optional[int] = typer.Option(None, "--layer", help="Block the SAE reads (with --sae)."),
@@ -77,6 +79,7 @@ def concepts(
     from cocomix_mlx.sae_analysis import dictionary_labels
 
     net, tokenizer = cm.load(model)
+    dictionary = dictionary_or_sae_default(dictionary, sae)
     labels = dictionary_labels(dictionary) if dictionary is not None else None
     if sae is None:
         rows, key = predicted_concepts(net, tokenizer, text, top, labels), "logit"

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .common import console, err_console
+from .common import console, dictionary_or_sae_default, err_console
 
 LOCAL = ("127.0.0.1", "localhost", "::1")
 
@@ -17,7 +17,8 @@ def serve(
     model: Path = typer.Option(..., "--model", help="Checkpoint directory (NTP, CoCoMix, converted)."),
     dictionary: Optional[Path] = typer.Option(None, "--concepts",
                                               help="Concept dictionary (`sae describe`): labels, "
-                                                   "names for `steer`, the page's search."),
+                                                   "names for `steer`, the page's search "
+                                                   "(default: concepts.json in the --sae directory)."),
     sae: Optional[Path] = typer.Option(None, "--sae", help="Read and steer a plain model through "
                                                             "this SAE's latents."),
     layer: Optional[int] = typer.Option(None, "--layer", help="Block the SAE reads (with --sae)."),
@@ -41,7 +42,7 @@ def serve(
     from cocomix_mlx.server import serve as run
     from cocomix_mlx.studio import open_studio
 
-    studio = open_studio(model, dictionary, sae, layer, name)
+    studio = open_studio(model, dictionary_or_sae_default(dictionary, sae), sae, layer, name)
     try:
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host
                                     else socket.AF_INET)

@@ -254,3 +254,27 @@ def test_generation_and_inspection_stay_inside_the_context(tok_dir, tmp_path):
 
     r = cocomix("generate", "--model", tmp_path / "ntp", "--prompt", "the ship", "--max-tokens", 99)
     assert r.returncode == 2 and r.stdout == "" and "runs past the model's context" in r.stderr
+
+
+def test_sae_directory_with_its_dictionary_names_concepts_without_concepts_option(tmp_path):
+    """`--sae DIR` reads DIR/concepts.json when `--concepts` is not given: steering by a label
+    then equals steering with the dictionary named explicitly, and `concepts --sae` labels."""
+    import json
+    import shutil
+
+    from conftest import WEIGHTS, cocomix
+
+    sae = tmp_path / "sae"
+    shutil.copytree(WEIGHTS / "sae", sae)
+    label = json.loads((WEIGHTS / "concepts.json").read_text())["latents"][0]["label"]
+    run = ["generate", "--model", WEIGHTS / "teacher", "--prompt", "The sea", "-m", "8",
+           "--steer", f"{label}=8", "--sae"]
+    assert cocomix(*run, sae).returncode == 2  # no dictionary yet: the label is unknown
+    shutil.copy(WEIGHTS / "concepts.json", sae / "concepts.json")
+    implicit = cocomix(*run, sae)
+    explicit = cocomix(*run, WEIGHTS / "sae", "--concepts", WEIGHTS / "concepts.json")
+    assert implicit.returncode == explicit.returncode == 0, implicit.stderr
+    assert implicit.stdout.splitlines()[0] == explicit.stdout.splitlines()[0]
+    rows = json.loads(cocomix("concepts", "The sea", "--model", WEIGHTS / "teacher", "--sae", sae,
+                              "--json").stdout)
+    assert all(c["label"] for row in rows for c in row["concepts"])
