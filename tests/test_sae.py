@@ -261,3 +261,28 @@ def test_cli_resume_with_more_tokens_extends_the_run(tiny_teacher, mobydick_data
     assert state["config"]["dead_tokens"] == max(128, 512 // 10) and window["dead_tokens"] == 0
     r = cocomix("sae", "train", *common, "--resume", "--tokens", "256")
     assert r.returncode == 2 and "already at step 6" in r.stderr
+
+
+def test_shipped_smollm2_sae_is_what_its_manifest_and_the_study_say():
+    """weights/smollm2-sae: the shape configs/study.toml asks for, fp16, a dictionary entry per
+    latent, and recorded figures inside the bar (the figures themselves need SmolLM2 and its
+    data; weights/smollm2_sae.py measures them before shipping)."""
+    import json
+    import tomllib
+
+    import mlx.core as mx
+
+    import cocomix_mlx as cm
+    from conftest import WEIGHTS
+
+    root = WEIGHTS / "smollm2-sae"
+    want = tomllib.loads((WEIGHTS.parent / "experiments" / "strong_teacher" / "configs" /
+                          "study.toml").read_text())["smol_sae"]
+    sae = cm.load_sae(root)
+    assert (sae.cfg.layer, sae.cfg.latents, sae.cfg.k) == (want["layer"], want["latents"], want["k"])
+    assert sae.W_dec.dtype == mx.float16 and sae.W_dec.shape == (576, want["latents"])
+    latents = json.loads((root / "concepts.json").read_text())["latents"]
+    assert sorted(x["index"] for x in latents) == list(range(want["latents"]))
+    manifest = json.loads((root / "manifest.json").read_text())["float16"]
+    assert manifest["fvu_normalized"] <= 0.15 and manifest["dead_fraction"] <= 0.05
+    assert manifest["delta_loss"] <= 0.3

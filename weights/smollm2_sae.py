@@ -2,6 +2,8 @@
 its measured quality and a plain vs steered sample.
 
     python weights/smollm2_sae.py --sae runs/smol-sae --teacher runs/smol --data runs/smoldata
+    python weights/smollm2_sae.py --teacher runs/smol --sample-only --steer ice/wine=8 \
+        --prompt "My favourite thing about the weekend is"     # redo only the sample
 
 The SAE is measured in float32 and again in float16 on the validation split (FVU of the
 standardized input, dead latents, the teacher's loss increase when the reconstruction replaces
@@ -36,30 +38,61 @@ def measure(teacher, sae, data: Path, batches: int) -> dict:
     return evaluate_sae(teacher, sae, sae.cfg.layer, data, batches=batches)
 
 
-def steering_sample(teacher, tokenizer, sae, latents: list[dict]) -> dict:
-    """The plain continuation of :data:`PROMPT` and, for the most frequent word-labelled latent
-    active on the prompt, the continuation with it scaled by 10 (greedy, 40 tokens)."""
-    from cocomix_mlx.generate import sae_latents
+def steering_sample(teacher, tokenizer, sae, latents: list[dict], prompt: str = PROMPT,
+                    steer: str | None = None) -> dict:
+    """The plain continuation of ``prompt`` and the one steered by ``steer`` (``LABEL=ALPHA``;
+    by default the most frequent word-labelled latent active on the prompt, scaled by 10),
+    greedy, 40 tokens."""
+    from cocomix_mlx.generate import parse_steer, sae_latents
+    from cocomix_mlx.sae_analysis import names_of
 
-    active = {c["index"] for row in sae_latents(teacher, tokenizer, sae, PROMPT, top=32)
-              for c in row["concepts"]}
-    words = [x for x in latents if x["index"] in active and x["label"].replace("/", "").isalpha()]
-    pick = max(words or [x for x in latents if x["index"] in active], key=lambda x: x["frequency"])
+    if steer is None:
+        active = {c["index"] for row in sae_latents(teacher, tokenizer, sae, prompt, top=32)
+                  for c in row["concepts"]}
+        words = [x for x in latents
+                 if x["index"] in active and x["label"].replace("/", "").isalpha()]
+        pick = max(words or [x for x in latents if x["index"] in active],
+                   key=lambda x: x["frequency"])
+        index, alpha = pick["index"], 10.0
+    else:
+        (name, alpha), = parse_steer([steer]).items()
+        names = names_of(latents)
+        index = names[name] if name in names else int(name)
+    label = next(x["label"] for x in latents if x["index"] == index)
     run = dict(max_tokens=40, temp=0.0, sae=sae, layer=sae.cfg.layer)
-    return {"prompt": PROMPT, "latent": pick["index"], "label": pick["label"], "alpha": 10.0,
-            "plain": generate(teacher, tokenizer, PROMPT, **run),
-            "steered": generate(teacher, tokenizer, PROMPT, steer={pick["index"]: 10.0}, **run)}
+    return {"prompt": prompt, "latent": index, "label": label, "alpha": alpha,
+            "plain": generate(teacher, tokenizer, prompt, **run),
+            "steered": generate(teacher, tokenizer, prompt, steer={index: alpha}, **run)}
+
+
+def redo_sample(teacher_dir: Path, out: Path, prompt: str, steer: str | None) -> None:
+    """Rewrite only the sample in ``out/manifest.json``, from the SAE shipped there."""
+    teacher, tokenizer = cm.load(teacher_dir)
+    sae = cm.load_sae(out)
+    latents = json.loads((out / "concepts.json").read_text())["latents"]
+    report = json.loads((out / "manifest.json").read_text())
+    report["sample"] = steering_sample(teacher, tokenizer, sae, latents, prompt, steer)
+    (out / "manifest.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    print(json.dumps(report["sample"], indent=2))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sae", type=Path, required=True)
+    parser.add_argument("--sae", type=Path)
     parser.add_argument("--teacher", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path)
     parser.add_argument("--batches", type=int, default=50)
     parser.add_argument("--out", type=Path, default=HERE / "smollm2-sae")
     parser.add_argument("--force", action="store_true", help="ship even below the bar")
+    parser.add_argument("--prompt", default=PROMPT, help="the sample's prompt")
+    parser.add_argument("--steer", help="the sample's LABEL=ALPHA (default: picked)")
+    parser.add_argument("--sample-only", action="store_true",
+                        help="only redo the sample of the SAE already in --out")
     args = parser.parse_args()
+    if args.sample_only:
+        return redo_sample(args.teacher, args.out, args.prompt, args.steer)
+    if args.sae is None or args.data is None:
+        parser.error("--sae and --data are needed to ship")
 
     teacher, tokenizer = cm.load(args.teacher)
     sae = cm.load_sae(args.sae)
@@ -79,7 +112,8 @@ def main() -> None:
                              "(or --force)")
         dictionary = describe(teacher, tokenizer, half, half.cfg.layer, args.data,
                               batches=args.batches)
-        report["sample"] = steering_sample(teacher, tokenizer, half, dictionary["latents"])
+        report["sample"] = steering_sample(teacher, tokenizer, half, dictionary["latents"],
+                                           args.prompt, args.steer)
         shutil.rmtree(args.out, ignore_errors=True)
         shutil.copytree(tmp, args.out)
     (args.out / "concepts.json").write_text(json.dumps(dictionary, ensure_ascii=False) + "\n")
