@@ -118,13 +118,21 @@ def trend_table(runs) -> str:
 def stores() -> str:
     """The teachers behind the labels: what ``run.py`` recorded in ``results/``."""
     out = []
+    def quality(q: dict) -> str:
+        return (f"FVU {q['fvu']:.3f} (standardized {q['fvu_normalized']:.3f}), dead "
+                f"{100 * q['dead_fraction']:.2f}%, Δ loss {q['delta_loss']:+.3f} nats")
+
+    smol = HERE.parents[1] / "weights" / "smollm2-sae" / "manifest.json"
+    if smol.exists():
+        r = json.loads(smol.read_text())
+        out.append(f"- SmolLM2-135M's SAE (`weights/smollm2-sae`, block {r['training']['layer']}, "
+                   f"{r['training']['latents']} latents, k {r['training']['k']}): "
+                   f"{quality(r['float16'])}")
     own = RESULTS / "own_teacher.json"
     if own.exists():
         r = json.loads(own.read_text())
-        q = r["sae"]
         out.append(f"- own small teacher: validation perplexity {r['teacher_val']['ppl']:.1f}; "
-                   f"its SAE: FVU {q['fvu']:.3f}, dead {100 * q['dead_fraction']:.1f}%, "
-                   f"Δ loss {q['delta_loss']:+.3f} nats")
+                   f"its SAE: {quality(r['sae'])}")
     for name, label in (("smol", "SmolLM2-135M"), ("own", "own small teacher")):
         path = RESULTS / f"labels-{name}.json"
         if path.exists():
