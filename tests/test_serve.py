@@ -218,9 +218,17 @@ def test_concepts_endpoint_equals_the_cli(server):
     assert found and all("whale" in json.dumps(item).lower() for item in found)
 
 
-def test_sae_server_reads_and_steers_latents():
-    url, proc = start_server("--model", WEIGHTS / "teacher", "--sae", WEIGHTS / "sae",
-                             "--concepts", WEIGHTS / "concepts.json")
+def test_sae_server_reads_and_steers_latents(tmp_path):
+    """An SAE directory holding its dictionary: the server labels and steers by its names
+    without --concepts."""
+    import shutil
+
+    sae = tmp_path / "sae"
+    shutil.copytree(WEIGHTS / "sae", sae)
+    shutil.copy(WEIGHTS / "concepts.json", sae / "concepts.json")
+    label = next(x["label"] for x in json.loads((sae / "concepts.json").read_text())["latents"]
+                 if x["index"] == 1785)
+    url, proc = start_server("--model", WEIGHTS / "teacher", "--sae", sae)
     try:
         text = "Call me Ishmael."
         _, r = post(url + "/v1/concepts", {"text": text, "top": 3})
@@ -228,13 +236,14 @@ def test_sae_server_reads_and_steers_latents():
         args = dict(model="teacher", prompt=PROMPT, max_tokens=20, temperature=0)
         plain = c.completions.create(**args).choices[0].text
         steered = c.completions.create(**args, extra_body={"steer": {"1785": 6}}).choices[0].text
+        named = c.completions.create(**args, extra_body={"steer": {f"{label}#1785": 6}})
     finally:
         stop_server(proc)
     cli = cocomix("concepts", text, "--model", WEIGHTS / "teacher", "--sae", WEIGHTS / "sae",
                   "--concepts", WEIGHTS / "concepts.json", "--top", 3, "--json")
     assert r["kind"] == "sae" and r["data"] == json.loads(cli.stdout)
     assert all(c["activation"] > 0 for row in r["data"] for c in row["concepts"])
-    assert steered != plain
+    assert steered != plain and named.choices[0].text == steered
 
 
 @pytest.mark.parametrize("path,body,status,words", [
