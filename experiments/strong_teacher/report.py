@@ -25,8 +25,9 @@ RESULTS = HERE / "results"
 LABELS = {
     "ntp": "NTP (widened)", "cocomix": "CoCoMix, SmolLM2 concepts",
     "concept_only": "concept loss only, SmolLM2 concepts", "cocomix_own": "CoCoMix, own small teacher",
+    "ntp_base": "NTP at the students' width (not widened)",
 }
-COMPARED = ("cocomix", "concept_only", "cocomix_own")  # each against NTP, seed by seed
+COMPARED = ("cocomix", "concept_only", "cocomix_own", "ntp_base")  # each against NTP, seed by seed
 FIT_FROM = 0.25  # the trend is fitted on the evaluations after this fraction of training
 
 

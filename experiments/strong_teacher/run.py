@@ -47,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
 RESULTS = HERE / "results"
 SMALL = HERE.parent / "small_scale"
-VARIANTS = ["ntp", "cocomix", "concept_only", "cocomix_own"]
+VARIANTS = ["ntp", "cocomix", "concept_only", "cocomix_own", "ntp_base"]
 STORES = {"cocomix": "smol", "concept_only": "smol", "cocomix_own": "own"}  # variant → labels
 LAMBADA_ITEMS = 500
 
@@ -163,7 +163,7 @@ def student_config(variant: str, seed: int, work: Path) -> Config:
         store = cm.labels.open(work / f"labels-{STORES[variant]}")
         apply_overrides(cfg, {"objective.label_store": str(store.path),
                               "concept.concept_dim": store.latents, "objective.k_attr": store.k_attr})
-    else:  # NTP, widened to the parameter count of CoCoMix with SmolLM2's concepts
+    elif variant == "ntp":  # widened to the parameter count of CoCoMix with SmolLM2's concepts
         twin = from_dict(read_toml(CONFIGS / "cocomix.toml"),
                          base=from_dict(read_toml(CONFIGS / "base.toml")))
         apply_overrides(twin, {"concept.concept_dim": read_toml(CONFIGS / "study.toml")
