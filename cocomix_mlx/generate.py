@@ -37,7 +37,8 @@ def parse_steer(items: list[str]) -> dict[str, float]:
     return out
 
 
-def _resolve(steer: dict, C: int, names: Optional[dict[str, int]] = None):
+def resolve_concepts(steer: dict, C: int, names: Optional[dict[str, int]] = None):
+    """Indices in 0..C-1 and factors for ``steer`` ({index or name: alpha}), validated."""
     index, alpha = [], []
     for key, value in steer.items():
         if isinstance(key, str) and not key.lstrip("-").isdigit():
@@ -60,7 +61,7 @@ def resolve_steer(model: nn.Module, steer: dict, names: Optional[dict[str, int]]
     if not backbone(model).has_concepts:
         raise ConfigError("steering needs a CoCoMix model with a concept head, or a plain model "
                           "with --sae and --layer")
-    return _resolve(steer, model.args.concept_dim, names)
+    return resolve_concepts(steer, model.args.concept_dim, names)
 
 
 def _span(span: str, prompt_len: int) -> tuple[int, int]:
@@ -156,7 +157,7 @@ def steered(model: nn.Module, steer: Optional[dict], prompt_len: int, span: str 
 
         return ConceptSteered(model, Steering(*resolve_steer(model, steer, names), start, end))
     layer = sae_layer(model, sae, layer)
-    return SAESteered(model, sae, layer, *_resolve(steer, sae.cfg.latents, names), start, end)
+    return SAESteered(model, sae, layer, *resolve_concepts(steer, sae.cfg.latents, names), start, end)
 
 
 def check_sampling(temp: float, top_p: float, min_p: float, top_k: int,
