@@ -94,6 +94,17 @@ def test_last_block_computing_only_the_read_slots_equals_the_whole_block():
     g_fast, g_full = (mx.grad(loss)(model.trainable_parameters(), f) for f in (True, False))
     for (name, a), (_, b) in zip(tree_flatten(g_fast), tree_flatten(g_full)):
         assert mx.abs(a - b).max().item() < 1e-5, name
+    seen = []  # the last block's MLP runs over the 9 concept slots only, not all 18 slots
+    mlp = m.h[n - 1].mlp
+    m.h[n - 1].mlp = lambda x: seen.append(x.shape[1]) or mlp(x)
+    model.finish(model.mix(m.run_blocks(m.embed(tokens), 0, 2))[0], 2)
+    m.h[n - 1].mlp = mlp
+    assert seen == [9]
+    x = mx.random.normal((2, 6, 32), key=mx.random.key(3))
+    allowed = mx.random.uniform(shape=(6, 6), key=mx.random.key(4)) > 0.3
+    full = m.h[0](x, allowed | mx.eye(6, dtype=mx.bool_))
+    part = m.h[0](x, allowed | mx.eye(6, dtype=mx.bool_), rows=slice(1, None, 2))
+    assert mx.abs(part - full[:, 1::2]).max().item() < 1e-5
     kept = range(7)[1::2]  # rows 1, 3, 5 of 7 queries, over 10 keys (3 cached)
     expected = np.arange(10)[None] <= (np.array(list(kept)) + 3)[:, None]
     np.testing.assert_array_equal(np.array(row_mask(kept, 7, 10)), expected)

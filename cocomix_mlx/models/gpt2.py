@@ -61,7 +61,10 @@ class Attention(nn.Module):
             k, v = cache.update_and_fetch(k, v)
         if rows is not None:
             q = q[:, :, rows]
-            mask = row_mask(range(L)[rows], L, k.shape[2]) if mask is not None else None
+            if isinstance(mask, mx.array):
+                mask = mask[..., rows, :]
+            elif mask is not None:
+                mask = row_mask(range(L)[rows], L, k.shape[2])
         dropout = self.attn_dropout if self.training and self.attn_pdrop > 0 else None
         out = ops.attention(q, k, v, self.scale, mask, dropout)
         return self.c_proj(out.transpose(0, 2, 1, 3).reshape(B, q.shape[2], D))
