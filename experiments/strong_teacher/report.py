@@ -116,13 +116,15 @@ def trend_table(runs) -> str:
     return "\n".join(lines)
 
 
+def quality(q: dict) -> str:
+    """One line of an SAE's measured quality (``sae_analysis.evaluate_sae``)."""
+    return (f"FVU {q['fvu']:.3f} (standardized {q['fvu_normalized']:.3f}), dead "
+            f"{100 * q['dead_fraction']:.2f}%, Δ loss {q['delta_loss']:+.3f} nats")
+
+
 def stores() -> str:
     """The teachers behind the labels: what ``run.py`` recorded in ``results/``."""
     out = []
-    def quality(q: dict) -> str:
-        return (f"FVU {q['fvu']:.3f} (standardized {q['fvu_normalized']:.3f}), dead "
-                f"{100 * q['dead_fraction']:.2f}%, Δ loss {q['delta_loss']:+.3f} nats")
-
     smol = HERE.parents[1] / "weights" / "smollm2-sae" / "manifest.json"
     if smol.exists():
         r = json.loads(smol.read_text())
