@@ -269,7 +269,8 @@ def test_sae_directory_with_its_dictionary_names_concepts_without_concepts_optio
     label = json.loads((WEIGHTS / "concepts.json").read_text())["latents"][0]["label"]
     run = ["generate", "--model", WEIGHTS / "teacher", "--prompt", "The sea", "-m", "8",
            "--steer", f"{label}=8", "--sae"]
-    assert cocomix(*run, sae).returncode == 2  # no dictionary yet: the label is unknown
+    r = cocomix(*run, sae)  # no dictionary yet: the label is unknown
+    assert r.returncode == 2 and "unknown concept name" in r.stderr
     shutil.copy(WEIGHTS / "concepts.json", sae / "concepts.json")
     implicit = cocomix(*run, sae)
     explicit = cocomix(*run, WEIGHTS / "sae", "--concepts", WEIGHTS / "concepts.json")
