@@ -73,19 +73,21 @@ def fmt_tokens(t: float) -> str:
 
 def table(runs) -> str:
     lines = ["| model | d | params | tokens | seeds | val ppl | Δ ppl vs NTP (paired) | "
-             "concept recall (val) | last-word acc % | train min |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "Δ ppl vs NTP at d 128 (paired) | concept recall (val) | last-word acc % | train min |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for variant, label in LABELS.items():
         if variant not in runs:
             continue
         rs = list(runs[variant].values())
         deltas = list(paired(runs, variant, "ntp").values())
+        base = list(paired(runs, variant, "ntp_base").values())
         recall = [r for r in (last_value(variant, s, "val_concept_recall")
                               for s in runs[variant]) if r is not None]
         lines.append(
             f"| {label} | {rs[0]['n_embd']} | {rs[0]['params'] / 1e6:.2f} M | "
             f"{rs[0]['tokens'] / 1e6:.2f} M | {len(rs)} | {mean_std([r['val']['ppl'] for r in rs])} | "
             f"{mean_std(deltas, sign='+') if deltas and variant != 'ntp' else '—'} | "
+            f"{mean_std(base, sign='+') if base and variant != 'ntp_base' else '—'} | "
             f"{mean_std(recall, 3) if recall else '—'} | "
             f"{mean_std([100 * r['lambada']['acc'] for r in rs])} | "
             f"{statistics.mean(r['train_s'] for r in rs) / 60:.1f} |")
