@@ -6,6 +6,7 @@ import cocomix_mlx  # noqa: F401  (first: BLAS setup)
 
 import json
 import platform
+import re
 import shutil
 import statistics
 import tomllib
@@ -115,6 +116,8 @@ def load_runs(results: Path) -> dict[str, dict[int, dict]]:
     """``{variant: {seed: result}}`` of the finished runs in ``results``."""
     runs: dict[str, dict[int, dict]] = defaultdict(dict)
     for path in sorted(results.glob("*-s*.json")):
+        if not re.fullmatch(r".+-s\d+\.json", path.name):  # e.g. labels-smol.json
+            continue
         r = json.loads(path.read_text())
         runs[r["variant"]][r["seed"]] = r
     return runs
