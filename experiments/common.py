@@ -112,12 +112,13 @@ def run_stages(stages: list[str], table: dict[str, Callable[[], None]], error) -
 
 
 # ---- reports ------------------------------------------------------------------------------------
+RUN_FILE = re.compile(r".+-s\d+\.json")  # VARIANT-sSEED.json; not e.g. labels-smol.json
+
+
 def load_runs(results: Path) -> dict[str, dict[int, dict]]:
     """``{variant: {seed: result}}`` of the finished runs in ``results``."""
     runs: dict[str, dict[int, dict]] = defaultdict(dict)
-    for path in sorted(results.glob("*-s*.json")):
-        if not re.fullmatch(r".+-s\d+\.json", path.name):  # e.g. labels-smol.json
-            continue
+    for path in sorted(p for p in results.glob("*.json") if RUN_FILE.fullmatch(p.name)):
         r = json.loads(path.read_text())
         runs[r["variant"]][r["seed"]] = r
     return runs
