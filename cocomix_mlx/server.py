@@ -131,6 +131,12 @@ class Job:
         except RuntimeError:  # the loop has closed (server shutting down)
             self.cancelled.set()
 
+    def abandon(self, last) -> None:
+        """Called when the request is over, ``last`` the last piece it read: stops the job
+        unless that piece was its final one (a finished job is not counted as cancelled)."""
+        if last is not Job.END and not last.finish_reason:
+            self.cancelled.set()
+
     async def next(self):
         kind, item = await self.queue.get()
         if kind == "error":
@@ -255,17 +261,17 @@ def create_app(studio: Studio) -> FastAPI:
                         break
                     pieces.append(piece)
             finally:
-                job.cancelled.set()
+                job.abandon(pieces[-1])
             return {**head, "object": obj, "choices": [choice(pieces, chat, echo, req)],
                     "usage": usage(pieces[-1])}
 
         async def events():
+            piece, prefix = first, echo
             try:
                 if chat:
                     yield _sse({**head, "object": obj + ".chunk", "choices": [
                         {"index": 0, "delta": {"role": "assistant", "content": ""},
                          "logprobs": None, "finish_reason": None}]})
-                piece, prefix = first, echo
                 while True:
                     yield _sse({**head, "object": obj + ".chunk" if chat else obj,
                                 "choices": [chunk(piece, chat, prefix, req)]})
@@ -281,7 +287,7 @@ def create_app(studio: Studio) -> FastAPI:
                 kind = "server_error" if _status(e) == 500 else "invalid_request_error"
                 yield _sse({"error": {"message": str(e), "type": kind}})
             finally:
-                job.cancelled.set()
+                job.abandon(piece)
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
