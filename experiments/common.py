@@ -17,7 +17,7 @@ from typing import Callable
 import mlx.core as mx
 
 from cocomix_mlx.config import Config
-from cocomix_mlx.models import build_model, num_parameters
+from cocomix_mlx.models import config_parameters as n_params, num_parameters, widen  # noqa: F401
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
@@ -39,24 +39,6 @@ def run_trainer(cfg: Config, out: Path, data: Path) -> float:
     if trainer.state.step < cfg.train.steps:
         trainer.train()
     return trainer.state.elapsed
-
-
-def n_params(cfg: Config) -> int:
-    return num_parameters(build_model(cfg.model, mode=cfg.train.mode, concept=cfg.concept))
-
-
-def widen(cfg: Config, target: int) -> Config:
-    """Set ``cfg``'s width (a multiple of n_head) to the one whose parameter count is nearest
-    ``target``, as the paper widens its NTP baselines to CoCoMix's count."""
-    gaps = {}
-    while True:
-        count = n_params(cfg)
-        gaps[cfg.model.n_embd] = abs(count - target)
-        if count >= target:
-            break
-        cfg.model.n_embd += cfg.model.n_head
-    cfg.model.n_embd = min(gaps, key=gaps.get)
-    return cfg
 
 
 def train_student(results: Path, variant: str, seed: int, cfg: Config, out: Path, data: Path,

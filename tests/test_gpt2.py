@@ -50,3 +50,30 @@ def test_causality():
     a, b = np.array(model(mx.array(tokens))), np.array(model(mx.array(changed)))
     assert np.abs(a[:, :9] - b[:, :9]).max() == 0.0
     assert np.abs(a[:, 9:] - b[:, 9:]).max() > 0.0
+
+
+def gpt2_count(V, P, d, L, concepts=0):
+    """GPT-2's parameter count in closed form (tied head; per block two LayerNorms, the QKV,
+    output, up and down projections with biases), plus CoCoMix's predictor, compressor and
+    pre-bias for ``concepts`` latents."""
+    count = V * d + P * d + L * (12 * d * d + 13 * d) + 2 * d
+    return count + (2 * d * concepts + concepts + 2 * d if concepts else 0)
+
+
+def test_widen_picks_the_width_nearest_the_target_count():
+    from cocomix_mlx.config import Config
+    from cocomix_mlx.models import config_parameters, widen
+
+    student = Config()
+    student.model = ModelConfig(vocab_size=512, n_positions=64, n_embd=32, n_layer=4, n_head=4)
+    student.train.mode = "cocomix"
+    student.concept.concept_dim, student.concept.insert_layer = 256, 2
+    target = config_parameters(student)
+    assert target == gpt2_count(512, 64, 32, 4, concepts=256)
+    twin = Config()
+    twin.model = ModelConfig(vocab_size=512, n_positions=64, n_embd=32, n_layer=4, n_head=4)
+    width = widen(twin, target).model.n_embd
+    candidates = range(32, 200, 4)
+    best = min(candidates, key=lambda d: abs(gpt2_count(512, 64, d, 4) - target))
+    assert width == best and width % 4 == 0
+    assert config_parameters(twin) == gpt2_count(512, 64, width, 4)

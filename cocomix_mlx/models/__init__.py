@@ -52,6 +52,26 @@ def num_parameters(model: nn.Module) -> int:
     return sum(v.size for _, v in tree_flatten(model.parameters()))
 
 
+def config_parameters(cfg: Config) -> int:
+    """The parameter count of the model ``cfg`` trains (its mode and concept architecture)."""
+    return num_parameters(build_model(cfg.model, mode=cfg.train.mode, concept=cfg.concept))
+
+
+def widen(cfg: Config, target: int) -> Config:
+    """Set ``cfg``'s width (a multiple of n_head, from its current width up) to the one whose
+    parameter count is nearest ``target``, as the paper widens its NTP baselines to CoCoMix's
+    count."""
+    gaps = {}
+    while True:
+        count = config_parameters(cfg)
+        gaps[cfg.model.n_embd] = abs(count - target)
+        if count >= target:
+            break
+        cfg.model.n_embd += cfg.model.n_head
+    cfg.model.n_embd = min(gaps, key=gaps.get)
+    return cfg
+
+
 def hf_config(model: nn.Module) -> dict[str, Any]:
     """The ``config.json`` fields (Hugging Face names) that rebuild ``model``."""
     a = model.args
