@@ -27,7 +27,8 @@ LABELS = {
     "concept_only": "concept loss only, SmolLM2 concepts", "cocomix_own": "CoCoMix, own small teacher",
     "ntp_base": "NTP at the students' width (not widened)",
 }
-COMPARED = ("cocomix", "concept_only", "cocomix_own", "ntp_base")  # each against NTP, seed by seed
+COMPARED = ("cocomix", "concept_only", "cocomix_own", "ntp_base")  # against each reference
+REFERENCES = {"ntp": "NTP (widened)", "ntp_base": "NTP at d 128"}  # paired, seed by seed
 FIT_FROM = 0.25  # the trend is fitted on the evaluations after this fraction of training
 
 
@@ -37,11 +38,13 @@ def val_curve(variant: str, seed: int) -> dict[int, float]:
                 ["val_ntp_loss"])
 
 
-def gap_curves(runs, variant: str) -> dict[int, dict[int, float]]:
-    """Per seed: ``{tokens: val loss of variant − val loss of NTP}`` at the shared evaluations."""
+def gap_curves(runs, variant: str, ref: str = "ntp") -> dict[int, dict[int, float]]:
+    """Per seed: ``{tokens: val loss of variant − val loss of ref}`` at the shared evaluations."""
     out = {}
-    for seed in sorted(runs.get(variant, {}).keys() & runs.get("ntp", {}).keys()):
-        a, b = val_curve(variant, seed), val_curve("ntp", seed)
+    if variant == ref:
+        return out
+    for seed in sorted(runs.get(variant, {}).keys() & runs.get(ref, {}).keys()):
+        a, b = val_curve(variant, seed), val_curve(ref, seed)
         per_step = runs[variant][seed]["tokens"] / max(a)
         out[seed] = {round(s * per_step): a[s] - b[s] for s in sorted(a.keys() & b.keys())}
     return out
@@ -102,8 +105,8 @@ def last_value(variant: str, seed: int, key: str) -> float | None:
 def trend_table(runs) -> str:
     lines = ["| comparison | seeds | gap at the end (nats, mean ± std) | slope per e-fold of tokens "
              "(± s.e.) | trend reaches 0 at |", "|---|---:|---:|---:|---:|"]
-    for variant in COMPARED:
-        gaps = gap_curves(runs, variant)
+    for ref, variant in ((r, v) for r in REFERENCES for v in COMPARED):
+        gaps = gap_curves(runs, variant, ref)
         fit = fit_trend(gaps)
         if not fit:
             continue
@@ -113,7 +116,7 @@ def trend_table(runs) -> str:
         else:
             cross = "already below" if fit["a"] + fit["b"] * math.log(max(
                 max(p) for p in gaps.values())) < 0 else "never (gap not shrinking)"
-        lines.append(f"| {LABELS[variant]} − NTP | {len(gaps)} | {mean_std(ends, 3, '+')} | "
+        lines.append(f"| {LABELS[variant]} − {REFERENCES[ref]} | {len(gaps)} | {mean_std(ends, 3, '+')} | "
                      f"{fit['b']:+.4f} ± {fit['se_b']:.4f} | {cross} |")
     return "\n".join(lines)
 
@@ -155,9 +158,19 @@ def plot(runs, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, axes = plt.subplots(1, len(REFERENCES), figsize=(13, 4.5), sharey=True)
+    for ax, (ref, ref_label) in zip(axes, REFERENCES.items()):
+        plot_gaps(ax, runs, ref, ref_label)
+    axes[0].set_ylabel("val loss − the reference's (nats)")
+    fig.suptitle("paired gap to NTP (thin: seeds, dots: mean, dashed: fitted trend)")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_gaps(ax, runs, ref: str, ref_label: str) -> None:
+    import matplotlib.ticker
     for i, variant in enumerate(COMPARED):
-        gaps = gap_curves(runs, variant)
+        gaps = gap_curves(runs, variant, ref)
         if not gaps:
             continue
         for per_seed in gaps.values():
@@ -171,13 +184,12 @@ def plot(runs, path: Path) -> None:
             ax.plot(xs / 1e6, fit["a"] + fit["b"] * np.log(xs), "--", color=f"C{i}")
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xscale("log")
+    ax.set_xticks([0.125, 0.25, 0.5, 1, 2], ["0.125", "0.25", "0.5", "1", "2"])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("training tokens (M)")
-    ax.set_ylabel("val loss − NTP's (nats)")
-    ax.set_title("paired gap to NTP (thin: seeds, dots: mean, dashed: fitted trend)")
+    ax.set_title(f"against {ref_label}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 def report() -> None:
@@ -190,7 +202,7 @@ def report() -> None:
     body = "\n\n".join(p for p in (table(runs), stores(), "\n".join(f"- machine: {m}" for m in machines),
                                    trend_table(runs)) if p)
     write_generated(HERE / "RESULTS.md", body)
-    if any(gap_curves(runs, v) for v in COMPARED):
+    if any(gap_curves(runs, v, r) for v in COMPARED for r in REFERENCES):
         plot(runs, HERE / "gap_curves.png")
 
 
