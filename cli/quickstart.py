@@ -14,6 +14,24 @@ PROMPT = "The return value of the function"
 SAMPLING = dict(temp=0.8, top_p=0.95, repetition_penalty=1.3, seed=0)
 
 
+def verdict(shipped: Path) -> Optional[str]:
+    """What the comparison means, for the models weights/build.py ships (their
+    ``manifest.json``), with the 8-block study of experiments/strong_teacher/."""
+    import json
+
+    manifest = shipped / "manifest.json"
+    if not manifest.exists():
+        return None
+    m = json.loads(manifest.read_text())
+    return ("The shipped students are tiny (4 blocks, 2M training tokens), and at that size "
+            f"CoCoMix trails its NTP twin ({m['cocomix']['val']['ppl']:.0f} vs "
+            f"{m['ntp']['val']['ppl']:.0f} validation perplexity when they were built). In the "
+            "8-block study (experiments/strong_teacher/RESULTS.md), after 2.1M tokens CoCoMix "
+            "is level with NTP of its own width and gaining on it as tokens grow. It beats NTP "
+            "widened to its parameter count, the paper's baseline, only because that wider "
+            "model learns more slowly at this budget.")
+
+
 def weights_dir(given: Optional[Path]) -> Path:
     import cocomix_mlx
 
@@ -113,6 +131,8 @@ def quickstart(
     for name, r in results.items():
         table.add_row(name, f"{r['loss']:.4f}", f"{r['ppl']:.2f}")
     console.print(table)
+    if verdict(shipped):
+        console.print(verdict(shipped), highlight=False)
 
     model, tokenizer = cm.load(out / "cocomix")
     index, label, plain, steered = steering_demo(model, tokenizer, shipped / "concepts.json",

@@ -37,6 +37,7 @@ def test_quickstart_end_to_end_and_steering_changes_the_sample(tmp_path):
     r = cocomix("quickstart", "--steps", "3", "--max-tokens", "16", "--out", tmp_path / "qs")
     assert r.returncode == 0, r.stderr
     assert "perplexity" in r.stdout and "steered" in r.stdout and "ntp" in r.stdout
+    assert "CoCoMix trails its NTP twin (146 vs 123" in " ".join(r.stdout.split())
     model, tok = cm.load(tmp_path / "qs" / "cocomix")
     index, label, plain, steered = steering_demo(model, tok, WEIGHTS / "concepts.json", 8.0, 16)
     assert label in r.stdout
