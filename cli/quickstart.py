@@ -27,8 +27,8 @@ def verdict(shipped: Path) -> Optional[str]:
             f"CoCoMix trails its NTP twin ({m['cocomix']['val']['ppl']:.0f} vs "
             f"{m['ntp']['val']['ppl']:.0f} validation perplexity when they were built). In the "
             "8-block study (experiments/strong_teacher/RESULTS.md), after 2.1M tokens CoCoMix "
-            "is level with NTP of its own width and gaining on it as tokens grow. It beats NTP "
-            "widened to its parameter count, the paper's baseline, only because that wider "
+            "does not yet beat NTP of its own width, but gains on it as tokens grow. It beats "
+            "NTP widened to its parameter count, the paper's baseline, only because that wider "
             "model learns more slowly at this budget.")
 
 
