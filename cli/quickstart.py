@@ -27,9 +27,9 @@ def verdict(shipped: Path) -> Optional[str]:
             f"CoCoMix trails its NTP twin ({m['cocomix']['val']['ppl']:.0f} vs "
             f"{m['ntp']['val']['ppl']:.0f} validation perplexity when they were built). In the "
             "8-block study (experiments/strong_teacher/RESULTS.md), after 2.1M tokens CoCoMix "
-            "does not yet beat NTP of its own width, but gains on it as tokens grow. It beats "
-            "NTP widened to its parameter count, the paper's baseline, only because that wider "
-            "model learns more slowly at this budget.")
+            "beats NTP widened to its parameter count (the paper's baseline) but not NTP of its "
+            "own width, which does better than the widened one at this budget; CoCoMix gains "
+            "on it as tokens grow.")
 
 
 def weights_dir(given: Optional[Path]) -> Path:
