@@ -27,9 +27,9 @@ def verdict(shipped: Path) -> Optional[str]:
             f"CoCoMix trails its NTP twin ({m['cocomix']['val']['ppl']:.0f} vs "
             f"{m['ntp']['val']['ppl']:.0f} validation perplexity when they were built). In the "
             "8-block study (experiments/strong_teacher/RESULTS.md), after 2.1M tokens CoCoMix "
-            "beats NTP widened to its parameter count (the paper's baseline) but not NTP of its "
-            "own width, which does better than the widened one at this budget; CoCoMix gains "
-            "on it as tokens grow.")
+            "does not beat NTP of its own width beyond seed noise, but gains on it as tokens "
+            "grow; its lead over NTP widened to its parameter count (the paper's baseline) "
+            "depends on the seed.")
 
 
 def weights_dir(given: Optional[Path]) -> Path:
