@@ -17,7 +17,7 @@ from typing import Callable
 import mlx.core as mx
 
 from cocomix_mlx.config import Config
-from cocomix_mlx.models import config_parameters as n_params, num_parameters, widen  # noqa: F401
+from cocomix_mlx.models import num_parameters
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 

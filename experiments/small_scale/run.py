@@ -23,12 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import (CORPUS, n_params, read_toml, run_stages, run_trainer, train_students,  # noqa: E402
-                    widen)
+from common import CORPUS, read_toml, run_stages, run_trainer, train_students  # noqa: E402
 
 from cocomix_mlx.config import Config, apply_overrides, from_dict, load_toml  # noqa: E402
 from cocomix_mlx.data import prepare  # noqa: E402
 from cocomix_mlx.evaluate import last_word_items, perplexity  # noqa: E402
+from cocomix_mlx.models import config_parameters, widen  # noqa: E402
 from cocomix_mlx.text import iter_chunks  # noqa: E402
 from cocomix_mlx.tokenizer import train_tokenizer  # noqa: E402
 
@@ -97,7 +97,7 @@ def student_config(variant: str, seed: int, work: Path) -> Config:
                           "objective.sae_layer": sae["layer"], "teacher": str(work / "teacher"),
                           "sae": str(work / "sae")})
     if kind in WIDENED:  # the width (a multiple of n_head) whose count is nearest CoCoMix's
-        widen(cfg, n_params(student_config(prefix + "cocomix", seed, work)))
+        widen(cfg, config_parameters(student_config(prefix + "cocomix", seed, work)))
     return cfg
 
 

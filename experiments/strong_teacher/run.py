@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import n_params, read_toml, run_stages, train_students, widen  # noqa: E402
+from common import read_toml, run_stages, train_students  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -42,6 +42,7 @@ import cocomix_mlx as cm  # noqa: E402
 from cocomix_mlx.config import Config, apply_overrides, from_dict  # noqa: E402
 from cocomix_mlx.evaluate import last_word_items  # noqa: E402
 from cocomix_mlx.labels import BuildConfig  # noqa: E402
+from cocomix_mlx.models import config_parameters, widen  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
@@ -168,7 +169,7 @@ def student_config(variant: str, seed: int, work: Path) -> Config:
                          base=from_dict(read_toml(CONFIGS / "base.toml")))
         apply_overrides(twin, {"concept.concept_dim": read_toml(CONFIGS / "study.toml")
                                ["smol_sae"]["latents"]})
-        widen(cfg, n_params(twin))
+        widen(cfg, config_parameters(twin))
     return cfg
 
 
