@@ -15,21 +15,25 @@ SAMPLING = dict(temp=0.8, top_p=0.95, repetition_penalty=1.3, seed=0)
 
 
 def verdict(shipped: Path) -> Optional[str]:
-    """What the comparison means, for the models weights/build.py ships (their
-    ``manifest.json``), with the 8-block study of experiments/strong_teacher/."""
+    """What the comparison means, for models that weights/build.py built (their
+    ``manifest.json``), with the 8-block study of experiments/strong_teacher/; None for other
+    models."""
     import json
 
-    manifest = shipped / "manifest.json"
-    if not manifest.exists():
+    try:
+        m = json.loads((shipped / "manifest.json").read_text())
+        r = m["recipe"]
+        blocks, tokens = r["shape"]["n_layer"], r["student"]["steps"] * r["batch_size"] * r["seq_len"]
+        built = (m["cocomix"]["val"]["ppl"], m["ntp"]["val"]["ppl"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    m = json.loads(manifest.read_text())
-    return ("The shipped students are tiny (4 blocks, 2M training tokens), and at that size "
-            f"CoCoMix trails its NTP twin ({m['cocomix']['val']['ppl']:.0f} vs "
-            f"{m['ntp']['val']['ppl']:.0f} validation perplexity when they were built). In the "
-            "8-block study (experiments/strong_teacher/RESULTS.md), after 2.1M tokens CoCoMix "
-            "does not beat NTP of its own width beyond seed noise, but gains on it as tokens "
-            "grow; its lead over NTP widened to its parameter count (the paper's baseline) "
-            "depends on the seed.")
+    standing = "trails" if built[0] > built[1] else "does not trail"
+    return (f"The shipped students are tiny ({blocks} blocks, {tokens / 1e6:.1f}M training "
+            f"tokens), and at that size CoCoMix {standing} its NTP twin ({built[0]:.0f} vs "
+            f"{built[1]:.0f} validation perplexity when they were built). In the 8-block study "
+            "(experiments/strong_teacher/RESULTS.md), after 2.1M tokens CoCoMix does not beat "
+            "NTP of its own width beyond seed noise, but gains on it as tokens grow; its lead "
+            "over NTP widened to its parameter count (the paper's baseline) depends on the seed.")
 
 
 def weights_dir(given: Optional[Path]) -> Path:
@@ -131,8 +135,9 @@ def quickstart(
     for name, r in results.items():
         table.add_row(name, f"{r['loss']:.4f}", f"{r['ppl']:.2f}")
     console.print(table)
-    if verdict(shipped):
-        console.print(verdict(shipped), highlight=False)
+    meaning = verdict(shipped)
+    if meaning:
+        console.print(meaning, highlight=False)
 
     model, tokenizer = cm.load(out / "cocomix")
     index, label, plain, steered = steering_demo(model, tokenizer, shipped / "concepts.json",

@@ -45,3 +45,15 @@ def test_quickstart_end_to_end_and_steering_changes_the_sample(tmp_path):
     assert plain != steered
     r = cocomix("quickstart", "--steps", "3", "--out", tmp_path / "qs")
     assert r.returncode == 2 and "--force" in r.stderr
+
+
+def test_the_quickstart_reading_needs_a_built_manifest(tmp_path):
+    """The paragraph after the table is read from weights/build.py's manifest; another or a
+    broken manifest in a user's weights directory gives no paragraph, not a traceback."""
+    from cocomix_mlx.cli.quickstart import verdict
+
+    assert "4 blocks, 2.0M training tokens" in verdict(WEIGHTS)
+    assert verdict(tmp_path) is None
+    for text in ('{"teacher": {}}', "not json", "[1, 2]"):
+        (tmp_path / "manifest.json").write_text(text)
+        assert verdict(tmp_path) is None
