@@ -215,3 +215,40 @@ def stop_server(proc) -> None:
         proc.kill()
         proc.wait()
 ROOT_README = WEIGHTS.parent / "README.md"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped CoCoMix student and its tokenizer."""
+    import cocomix_mlx as cm
+
+    return cm.load(WEIGHTS / "cocomix")
+
+
+# ---- plain HTTP against ``cocomix serve`` ------------------------------------------------------
+def post(url, body=None, raw=None, timeout=60):
+    """(status, parsed JSON body) of a plain HTTP POST."""
+    import urllib.error
+    import urllib.request
+
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def get(url):
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def open_stream(url, body):
+    import urllib.request
+
+    return urllib.request.urlopen(urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}), timeout=60)

@@ -9,18 +9,11 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import WEIGHTS, cocomix, start_server, stop_server
+from conftest import WEIGHTS, cocomix, get, open_stream, post, start_server, stop_server
 
 openai = pytest.importorskip("openai", reason="the openai client is not installed")
 
 PROMPT = "The whale"
-
-
-@pytest.fixture(scope="module")
-def shipped():
-    import cocomix_mlx as cm
-
-    return cm.load(WEIGHTS / "cocomix")
 
 
 @pytest.fixture(scope="module")
@@ -34,34 +27,6 @@ def server():
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=server + "/v1", api_key="local", max_retries=0, timeout=120)
-
-
-def post(url, body=None, raw=None, timeout=60):
-    """(status, parsed JSON body) of a plain HTTP POST."""
-    import urllib.error
-    import urllib.request
-
-    data = raw if raw is not None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data, {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-def get(url):
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=60) as r:
-        return json.loads(r.read())
-
-
-def open_stream(url, body):
-    import urllib.request
-
-    return urllib.request.urlopen(urllib.request.Request(
-        url, json.dumps(body).encode(), {"Content-Type": "application/json"}), timeout=60)
 
 
 def local(shipped, prompt=PROMPT, **kwargs):

@@ -5,15 +5,9 @@ import threading
 
 import pytest
 
-from conftest import WEIGHTS
-from test_serve import PROMPT, open_stream, post
+from conftest import open_stream, post
 
-
-@pytest.fixture(scope="module")
-def shipped():
-    import cocomix_mlx as cm
-
-    return cm.load(WEIGHTS / "cocomix")
+PROMPT = "The whale"
 
 
 def test_a_failed_job_does_not_poison_the_next(shipped):
@@ -57,8 +51,8 @@ def test_a_request_that_read_its_last_token_is_not_counted_as_cancelled(shipped)
     import socket
     import time
 
-    pytest.importorskip("uvicorn", reason="the serve extra is not installed")
-    from cocomix_mlx.server import serve
+    uvicorn = pytest.importorskip("uvicorn", reason="the serve extra is not installed")
+    from cocomix_mlx.server import create_app
     from cocomix_mlx.studio import Studio
 
     studio = Studio(*shipped, "cocomix")
@@ -75,12 +69,19 @@ def test_a_request_that_read_its_last_token_is_not_counted_as_cancelled(shipped)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen()
-    threading.Thread(target=serve, args=(studio, sock), daemon=True).start()
-    url = "http://127.0.0.1:%d/v1/completions" % sock.getsockname()[1]
-    code, out = post(url, {"prompt": "The", "max_tokens": 2, "temperature": 0})
-    assert code == 200 and out["usage"]["completion_tokens"] == 2
-    with open_stream(url, {"prompt": "The", "max_tokens": 2, "stream": True}) as r:
-        assert r.read().decode().rstrip().endswith("data: [DONE]")
+    server = uvicorn.Server(uvicorn.Config(create_app(studio), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        url = "http://127.0.0.1:%d/v1/completions" % sock.getsockname()[1]
+        code, out = post(url, {"prompt": "The", "max_tokens": 2, "temperature": 0})
+        assert code == 200 and out["usage"]["completion_tokens"] == 2
+        with open_stream(url, {"prompt": "The", "max_tokens": 2, "stream": True}) as r:
+            assert r.read().decode().rstrip().endswith("data: [DONE]")
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
     idle = threading.Event()  # the worker is sequential: once this job runs, both are counted
     submit(lambda: iter(()), lambda kind, item: kind == "done" and idle.set(), threading.Event())
     assert idle.wait(30)
