@@ -31,9 +31,8 @@ def test_strong_teacher_trend_is_paired_against_each_reference(tmp_path, monkeyp
     """Gaps are taken seed by seed against the named reference, and the fitted line
     ``gap = a + b ln(tokens)`` and its zero crossing are those of the data."""
     import math
-    import sys
 
-    sys.path.insert(0, str(ROOT / "experiments"))
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))  # report.py imports common
     spec = importlib.util.spec_from_file_location(
         "strong_report", ROOT / "experiments" / "strong_teacher" / "report.py")
     report = importlib.util.module_from_spec(spec)
