@@ -27,16 +27,22 @@ def test_load_runs_reads_student_results_and_skips_other_records(tmp_path):
     assert common.paired(runs, "ntp_base", "ntp") == {0: -10.0}
 
 
+def _strong(name: str, monkeypatch):
+    """``experiments/strong_teacher/NAME.py`` as a module (it imports ``common``)."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    spec = importlib.util.spec_from_file_location(
+        f"strong_{name}", ROOT / "experiments" / "strong_teacher" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_strong_teacher_trend_is_paired_against_each_reference(tmp_path, monkeypatch):
     """Gaps are taken seed by seed against the named reference, and the fitted line
     ``gap = a + b ln(tokens)`` and its zero crossing are those of the data."""
     import math
 
-    monkeypatch.syspath_prepend(str(ROOT / "experiments"))  # report.py imports common
-    spec = importlib.util.spec_from_file_location(
-        "strong_report", ROOT / "experiments" / "strong_teacher" / "report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    report = _strong("report", monkeypatch)
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     (tmp_path / "curves").mkdir()
     steps, per_step, a, b = [64 * i for i in range(1, 17)], 2048, 0.8, -0.06
@@ -60,3 +66,55 @@ def test_strong_teacher_trend_is_paired_against_each_reference(tmp_path, monkeyp
     assert fit["crossing"] is None  # a + b ln(2.1M) < 0: already below at the end
     late = report.fit_trend({s: {k: v + 0.1 for k, v in g.items()} for s, g in base.items()})
     assert math.isclose(late["crossing"], math.exp(-(a + 0.1) / b), rel_tol=1e-6)
+
+
+def test_strong_teacher_budgets_pair_the_ends_of_whole_runs(tmp_path, monkeypatch):
+    """Each budget's results (``results/`` at 1, ``results/xS`` at S) give one paired gap per
+    seed, ln of the perplexity ratio at the end of the run; the line through them is fitted on
+    every budget, and the table has a column per budget."""
+    import math
+
+    report = _strong("report", monkeypatch)
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    a, b, base = 0.9, -0.06, 2_097_152
+    for scale, results in ((1, tmp_path), (0.5, tmp_path / "x0.5"), (0.25, tmp_path / "x0.25")):
+        results.mkdir(exist_ok=True)
+        tokens = int(scale * base)
+        for seed in (0, 1):
+            noise = 0.01 * (1 if seed else -1)  # the seeds straddle the line
+            ppl = {"ntp_base": 150.0, "cocomix_own": 150.0 * math.exp(a + b * math.log(tokens)
+                                                                       + noise)}
+            for variant, value in ppl.items():
+                (results / f"{variant}-s{seed}.json").write_text(json.dumps(
+                    {"variant": variant, "seed": seed, "tokens": tokens, "val": {"ppl": value}}))
+    (tmp_path / "xnotes").mkdir()  # not a budget
+    assert list(report.budgets()) == [0.25, 0.5, 1.0]
+    gaps = report.budget_gaps("cocomix_own", "ntp_base")
+    assert sorted(gaps[0]) == [base // 4, base // 2, base]
+    assert math.isclose(gaps[1][base], a + b * math.log(base) + 0.01, abs_tol=1e-9)
+    fit = report.fit_trend(gaps, since=0)
+    assert fit["points"] == 6 and math.isclose(fit["b"], b, abs_tol=1e-9)
+    assert math.isclose(fit["crossing"], math.exp(-a / b), rel_tol=1e-6)
+    assert report.budget_gaps("cocomix", "ntp_base") == {}
+    table = report.budget_table()
+    assert "gap at 0.5M (seeds) | gap at 1.0M (seeds) | gap at 2.1M (seeds)" in table
+    row, = [line for line in table.splitlines() if line.startswith("| CoCoMix, own")]
+    assert f"{a + b * math.log(base):+.3f} ± {0.02 / math.sqrt(2):.3f} (2)" in row
+    assert report.fmt_tokens(math.exp(-a / b)) in row
+
+
+def test_strong_teacher_budgets_nest_and_refuse_partial_blocks(monkeypatch):
+    """A smaller budget's training blocks are among a larger one's, and a scale that does not
+    give whole blocks and steps is refused with one line."""
+    import pytest
+
+    run = _strong("run", monkeypatch)
+    total, block, tokens = 8_572_776, 8192, 2_097_152
+    sets = {s: set(run.subset_blocks(total, int(s * tokens), block)) for s in (0.25, 0.5, 1, 2, 4)}
+    assert sets[0.25] < sets[0.5] < sets[1] < sets[2] < sets[4]
+    assert len(sets[2]) == 512
+    for scale in (0.25, 2):
+        run.check_scale(scale)
+    for scale in (0.3, 0, -1):
+        with pytest.raises(SystemExit, match="whole blocks"):
+            run.check_scale(scale)

@@ -2,8 +2,9 @@
 
     python experiments/strong_teacher/report.py
 
-Rewrites the generated part of RESULTS.md (between its markers) and ``gap_curves.png``; the
-discussion around the markers is kept.
+Rewrites the generated part of RESULTS.md (between its markers), ``gap_curves.png`` and, once
+a study at another budget (``run.py --scale``, ``results/xS``) has finished runs,
+``budget_gaps.png``; the discussion around the markers is kept.
 """
 
 from __future__ import annotations
@@ -38,6 +39,30 @@ def val_curve(variant: str, seed: int) -> dict[int, float]:
                 ["val_ntp_loss"])
 
 
+def budgets() -> dict[float, Path]:
+    """``{scale: results directory}`` of every budget: 1 is ``results/``, S is ``results/xS``."""
+    out = {1.0: RESULTS}
+    for path in RESULTS.glob("x*"):
+        try:
+            out[float(path.name[1:])] = path
+        except ValueError:
+            continue
+    return dict(sorted(out.items()))
+
+
+def budget_gaps(variant: str, ref: str) -> dict[int, dict[int, float]]:
+    """Per seed: ``{tokens: ln(ppl of variant / ppl of ref)}`` at the end of each budget's runs,
+    on the whole held-out split (the paired gap in nats, every run a whole schedule)."""
+    out: dict[int, dict[int, float]] = {}
+    for results in budgets().values():
+        runs = load_runs(results)
+        a, b = runs.get(variant, {}), runs.get(ref, {})
+        for seed in sorted(a.keys() & b.keys()):
+            out.setdefault(seed, {})[a[seed]["tokens"]] = math.log(a[seed]["val"]["ppl"]
+                                                                   / b[seed]["val"]["ppl"])
+    return out
+
+
 def gap_curves(runs, variant: str, ref: str = "ntp") -> dict[int, dict[int, float]]:
     """Per seed: ``{tokens: val loss of variant − val loss of ref}`` at the shared evaluations."""
     out = {}
@@ -50,14 +75,14 @@ def gap_curves(runs, variant: str, ref: str = "ntp") -> dict[int, dict[int, floa
     return out
 
 
-def fit_trend(gaps: dict[int, dict[int, float]]) -> dict | None:
-    """Least squares ``gap = a + b · ln(tokens)`` over every seed's evaluations after
-    ``FIT_FROM`` of training; the crossing is where the line reaches 0 (if it heads there)."""
+def fit_trend(gaps: dict[int, dict[int, float]], since: float = FIT_FROM) -> dict | None:
+    """Least squares ``gap = a + b · ln(tokens)`` over every seed's points from ``since`` of the
+    largest token count on; the crossing is where the line reaches 0 (if it heads there)."""
     points = [(t, g) for per_seed in gaps.values() for t, g in per_seed.items()]
     if not points:
         return None
     last = max(t for t, _ in points)
-    points = [(t, g) for t, g in points if t >= FIT_FROM * last]
+    points = [(t, g) for t, g in points if t >= since * last]
     if len({t for t, _ in points}) < 3:
         return None
     x = np.log([t for t, _ in points])
@@ -111,14 +136,42 @@ def trend_table(runs) -> str:
         if not fit:
             continue
         ends = [per_seed[max(per_seed)] for per_seed in gaps.values()]
-        if fit["crossing"]:
-            cross = fmt_tokens(fit["crossing"])
-        else:
-            cross = "already below" if fit["a"] + fit["b"] * math.log(max(
-                max(p) for p in gaps.values())) < 0 else "never (gap not shrinking)"
         lines.append(f"| {LABELS[variant]} − {REFERENCES[ref]} | {len(gaps)} | {mean_std(ends, 3, '+')} | "
-                     f"{fit['b']:+.4f} ± {fit['se_b']:.4f} | {cross} |")
+                     f"{fit['b']:+.4f} ± {fit['se_b']:.4f} | {crossing(fit, gaps)} |")
     return "\n".join(lines)
+
+
+def crossing(fit: dict, gaps: dict[int, dict[int, float]]) -> str:
+    """Where the fitted line reaches 0, in words."""
+    if fit["crossing"]:
+        return fmt_tokens(fit["crossing"])
+    last = max(max(p) for p in gaps.values())
+    return "already below" if fit["a"] + fit["b"] * math.log(last) < 0 else \
+        "never (gap not shrinking)"
+
+
+def budget_table() -> str:
+    """The paired gap at the end of every budget's runs, and the line fitted through them."""
+    compared = {(variant, ref): budget_gaps(variant, ref) for ref in REFERENCES
+                for variant in COMPARED}
+    compared = {k: g for k, g in compared.items() if len({t for p in g.values() for t in p}) > 1}
+    sizes = sorted({t for g in compared.values() for p in g.values() for t in p})
+    rows = []
+    for (variant, ref), gaps in compared.items():
+        cells = []
+        for tokens in sizes:
+            at = [p[tokens] for p in gaps.values() if tokens in p]
+            cells.append(f"{mean_std(at, 3, '+')} ({len(at)})" if at else "—")
+        fit = fit_trend(gaps, since=0)
+        rows.append(f"| {LABELS[variant]} − {REFERENCES[ref]} | {' | '.join(cells)} | "
+                    + (f"{fit['b']:+.4f} ± {fit['se_b']:.4f} | {crossing(fit, gaps)} |" if fit
+                       else "— | — |"))
+    if not rows:
+        return ""
+    head = " | ".join(f"gap at {fmt_tokens(t)} (seeds)" for t in sizes)
+    return "\n".join([f"| comparison, at the end of each budget (nats) | {head} | slope per e-fold "
+                      "of budget (± s.e.) | fitted line reaches 0 at |",
+                      "|---|" + "---:|" * (len(sizes) + 2)] + rows)
 
 
 def quality(q: dict) -> str:
@@ -167,6 +220,40 @@ def plot(runs, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_budgets(path: Path) -> None:
+    """The paired gap at the end of each budget (dots: seeds, line: mean, dashed: fit)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(REFERENCES), figsize=(13, 4.5), sharey=True)
+    for ax, (ref, ref_label) in zip(axes, REFERENCES.items()):
+        for i, variant in enumerate(COMPARED):
+            gaps = budget_gaps(variant, ref)
+            tokens = sorted({t for p in gaps.values() for t in p})
+            if len(tokens) < 2:
+                continue
+            for p in gaps.values():
+                ax.plot([t / 1e6 for t in p], list(p.values()), ".", color=f"C{i}", alpha=0.5)
+            mean = [statistics.mean(p[t] for p in gaps.values() if t in p) for t in tokens]
+            ax.plot([t / 1e6 for t in tokens], mean, "o-", color=f"C{i}", label=LABELS[variant])
+            fit = fit_trend(gaps, since=0)
+            if fit:
+                xs = np.geomspace(min(tokens), max(tokens), 50)
+                ax.plot(xs / 1e6, fit["a"] + fit["b"] * np.log(xs), "--", color=f"C{i}")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("training tokens of the whole run (M)")
+        ax.set_title(f"against {ref_label}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("val loss − the reference's at the end (nats)")
+    fig.suptitle("paired gap to NTP at the end of runs of each budget")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def plot_gaps(ax, runs, ref: str, ref_label: str) -> None:
     import matplotlib.ticker
     for i, variant in enumerate(COMPARED):
@@ -199,11 +286,14 @@ def report() -> None:
                                                                       "yet.", stores()) if p))
         return
     machines = sorted({r["machine"] for v in runs.values() for r in v.values()})
+    across = budget_table()
     body = "\n\n".join(p for p in (table(runs), stores(), "\n".join(f"- machine: {m}" for m in machines),
-                                   trend_table(runs)) if p)
+                                   trend_table(runs), across) if p)
     write_generated(HERE / "RESULTS.md", body)
     if any(gap_curves(runs, v, r) for v in COMPARED for r in REFERENCES):
         plot(runs, HERE / "gap_curves.png")
+    if across:
+        plot_budgets(HERE / "budget_gaps.png")
 
 
 if __name__ == "__main__":

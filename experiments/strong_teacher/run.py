@@ -1,6 +1,7 @@
 """CoCoMix students taught by SmolLM2-135M's concepts against NTP, on 2M tokens of the corpus.
 
     python experiments/strong_teacher/run.py [STAGE ...] [--seeds 0 1 2] [--variants ...]
+                                             [--scale S]
 
 Stages, in order (default: all of them):
 
@@ -20,6 +21,12 @@ Every stage skips what is done and resumes what was cut off (label stores and st
 their last record or checkpoint), so the script can be started again at any time. Work goes to
 ``--work`` (default ``experiments/strong_teacher/work``, not committed); finished students write
 ``results/VARIANT-sSEED.json`` and ``results/curves/VARIANT-sSEED.jsonl``, which are committed.
+
+``--scale S`` (1/4, 1/2, 2, 4, ...) runs the same study at S times the budget: S times the
+training tokens (taken the same way, so the blocks of the smaller budget are among those of the
+larger) with their own label stores, and S times the steps, under ``WORK/xS`` and
+``results/xS``. The paired gap at the end of each budget, every run with a whole cosine schedule,
+measures how the gap moves with the budget itself.
 """
 
 from __future__ import annotations
@@ -70,12 +77,28 @@ def subset_blocks(total: int, tokens: int, block: int) -> np.ndarray:
     return (np.arange(count) * available // count) * block
 
 
-def stage_data(work: Path, small_work: Path) -> None:
+def scaled(work: Path, scale: float) -> tuple[Path, Path]:
+    """The work and results directories of the study at ``scale`` times the budget."""
+    return (work, RESULTS) if scale == 1 else (work / f"x{scale:g}", RESULTS / f"x{scale:g}")
+
+
+def check_scale(scale: float) -> None:
+    """A budget of whole blocks and whole steps, or a one-line ``SystemExit``."""
+    data, steps = read_toml(CONFIGS / "study.toml")["data"], read_toml(CONFIGS / "base.toml")
+    steps = steps["train"]["steps"]
+    blocks = data["tokens"] // data["block"] * scale
+    if scale <= 0 or blocks != int(blocks) or steps * scale != int(steps * scale):
+        raise SystemExit(f"--scale {scale:g} does not give whole blocks of {data['block']} tokens "
+                         f"and whole steps; use a multiple of 1/{data['tokens'] // data['block']}")
+
+
+def stage_data(work: Path, small_work: Path, scale: float = 1) -> None:
     data = work / "data"
     if (data / "meta.json").exists():
         return
     small_scale().stage_data(small_work)
-    spec = read_toml(CONFIGS / "study.toml")["data"]
+    spec = dict(read_toml(CONFIGS / "study.toml")["data"])
+    spec["tokens"] = int(spec["tokens"] * scale)
     src = small_work / "data"
     meta = json.loads((src / "meta.json").read_text())
     train = np.memmap(src / "train.bin", dtype=meta["dtype"], mode="r")
@@ -95,9 +118,10 @@ def stage_data(work: Path, small_work: Path) -> None:
     tmp.rename(data)
 
 
-def build_store(teacher: Path, sae: Path, data: Path, out: Path, spec: dict) -> None:
-    """Build (or finish) the label store ``out``; its meta goes to ``results/`` as the record."""
-    record = RESULTS / f"{out.name}.json"
+def build_store(teacher: Path, sae: Path, data: Path, out: Path, spec: dict,
+                results: Path) -> None:
+    """Build (or finish) the label store ``out``; its meta goes to ``results`` as the record."""
+    record = results / f"{out.name}.json"
     if out.exists():
         if not record.exists():
             shutil.copy(out / "meta.json", record)
@@ -118,13 +142,14 @@ def build_store(teacher: Path, sae: Path, data: Path, out: Path, spec: dict) -> 
     shutil.copy(out / "meta.json", record)
 
 
-def stage_own(work: Path, small_work: Path) -> None:
+def stage_own(work: Path, small_work: Path, results: Path) -> None:
     ss = small_scale()
     ss.stage_teacher(small_work)
     ss.stage_sae(small_work)
     spec = read_toml(CONFIGS / "study.toml")["own"]
-    build_store(small_work / "teacher", small_work / "sae", work / "data", work / "labels-own", spec)
-    record = RESULTS / "own_teacher.json"
+    build_store(small_work / "teacher", small_work / "sae", work / "data", work / "labels-own", spec,
+                results)
+    record = RESULTS / "own_teacher.json"  # one teacher for every budget
     if not record.exists():  # the own teacher and SAE this study used (rebuilt ones may differ)
         from cocomix_mlx.checkpoint import load_model
         from cocomix_mlx.evaluate import perplexity
@@ -139,8 +164,7 @@ def stage_own(work: Path, small_work: Path) -> None:
                                       "sae": quality}, indent=1, default=float) + "\n")
 
 
-def stage_smol(work: Path, sae: Path) -> None:
-    teacher = work / "smol"
+def stage_smol(work: Path, sae: Path, results: Path, teacher: Path) -> None:
     if not (teacher / "config.json").exists():
         from cocomix_mlx.teachers import smollm2
 
@@ -153,13 +177,13 @@ def stage_smol(work: Path, sae: Path) -> None:
     if any(got.get(k) != v for k, v in want.items()):
         raise SystemExit(f"{sae} is not the SAE configs/study.toml describes ({want})")
     spec = read_toml(CONFIGS / "study.toml")["smol"]
-    build_store(teacher, sae, work / "data", work / "labels-smol", spec)
+    build_store(teacher, sae, work / "data", work / "labels-smol", spec, results)
 
 
-def student_config(variant: str, seed: int, work: Path) -> Config:
+def student_config(variant: str, seed: int, work: Path, scale: float = 1) -> Config:
     cfg = from_dict(read_toml(CONFIGS / "base.toml"))
     cfg = from_dict(read_toml(CONFIGS / f"{variant}.toml"), base=cfg)
-    apply_overrides(cfg, {"seed": seed})
+    apply_overrides(cfg, {"seed": seed, "train.steps": int(cfg.train.steps * scale)})
     if variant in STORES:
         store = cm.labels.open(work / f"labels-{STORES[variant]}")
         apply_overrides(cfg, {"objective.label_store": str(store.path),
@@ -173,10 +197,11 @@ def student_config(variant: str, seed: int, work: Path) -> Config:
     return cfg
 
 
-def stage_students(work: Path, small_work: Path, seeds: list[int], variants: list[str]) -> None:
+def stage_students(work: Path, small_work: Path, results: Path, scale: float, seeds: list[int],
+                   variants: list[str]) -> None:
     items = last_word_items((small_work / "heldout.txt").read_text(encoding="utf-8"),
                             LAMBADA_ITEMS)
-    train_students(RESULTS, seeds, variants, lambda v, s: student_config(v, s, work),
+    train_students(results, seeds, variants, lambda v, s: student_config(v, s, work, scale),
                    work / "runs", work / "data", items)
 
 
@@ -191,14 +216,19 @@ def main() -> None:
     parser.add_argument("--small-work", type=Path, default=SMALL / "work",
                         help="the small-scale study's work directory (tokenizer, shards, teacher)")
     parser.add_argument("--smol-sae", type=Path, default=HERE.parents[1] / "weights" / "smollm2-sae")
+    parser.add_argument("--scale", type=float, default=1,
+                        help="S times the budget (tokens, label stores, steps) in WORK/xS, results/xS")
     args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    RESULTS.mkdir(exist_ok=True)
+    check_scale(args.scale)
+    work, results = scaled(args.work, args.scale)
+    work.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
     run_stages(args.stages, {
-        "data": lambda: stage_data(args.work, args.small_work),
-        "own": lambda: stage_own(args.work, args.small_work),
-        "smol": lambda: stage_smol(args.work, args.smol_sae),
-        "students": lambda: stage_students(args.work, args.small_work, args.seeds, args.variants),
+        "data": lambda: stage_data(work, args.small_work, args.scale),
+        "own": lambda: stage_own(work, args.small_work, results),
+        "smol": lambda: stage_smol(work, args.smol_sae, results, args.work / "smol"),
+        "students": lambda: stage_students(work, args.small_work, results, args.scale, args.seeds,
+                                           args.variants),
         "report": report}, parser.error)
 
 
