@@ -66,6 +66,12 @@ def test_strong_teacher_trend_is_paired_against_each_reference(tmp_path, monkeyp
     assert fit["crossing"] is None  # a + b ln(2.1M) < 0: already below at the end
     late = report.fit_trend({s: {k: v + 0.1 for k, v in g.items()} for s, g in base.items()})
     assert math.isclose(late["crossing"], math.exp(-(a + 0.1) / b), rel_tol=1e-6)
+    assert report.crossing(late, base) == report.fmt_tokens(late["crossing"])
+    # a slope lost in the scatter between seeds names no crossing
+    flat = {0: {t: 0.05 + 1e-4 * math.log(t) for t in base[0]},
+            1: {t: -0.05 + 1e-4 * math.log(t) for t in base[0]}}
+    flat[0][t] += 0.03
+    assert report.crossing(report.fit_trend(flat), flat).startswith("—")
 
 
 def test_strong_teacher_budgets_pair_the_ends_of_whole_runs(tmp_path, monkeypatch):

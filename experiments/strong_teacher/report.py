@@ -142,7 +142,10 @@ def trend_table(runs) -> str:
 
 
 def crossing(fit: dict, gaps: dict[int, dict[int, float]]) -> str:
-    """Where the fitted line reaches 0, in words."""
+    """Where the fitted line reaches 0, in words; nothing when its slope is within two standard
+    errors of 0 (a flat line crosses anywhere)."""
+    if abs(fit["b"]) < 2 * fit["se_b"]:
+        return "— (slope within 2 s.e. of 0)"
     if fit["crossing"]:
         return fmt_tokens(fit["crossing"])
     last = max(max(p) for p in gaps.values())
