@@ -102,6 +102,7 @@ def test_strong_teacher_budgets_pair_the_ends_of_whole_runs(tmp_path, monkeypatc
     assert fit["points"] == 6 and math.isclose(fit["b"], b, abs_tol=1e-9)
     assert math.isclose(fit["crossing"], math.exp(-a / b), rel_tol=1e-6)
     assert report.budget_gaps("cocomix", "ntp_base") == {}
+    assert report.budget_gaps("ntp_base", "ntp_base") == {}  # not a comparison
     table = report.budget_table()
     assert "gap at 0.5M (seeds) | gap at 1.0M (seeds) | gap at 2.1M (seeds)" in table
     row, = [line for line in table.splitlines() if line.startswith("| CoCoMix, own")]

@@ -54,6 +54,8 @@ def budget_gaps(variant: str, ref: str) -> dict[int, dict[int, float]]:
     """Per seed: ``{tokens: ln(ppl of variant / ppl of ref)}`` at the end of each budget's runs,
     on the whole held-out split (the paired gap in nats, every run a whole schedule)."""
     out: dict[int, dict[int, float]] = {}
+    if variant == ref:
+        return out
     for results in budgets().values():
         runs = load_runs(results)
         a, b = runs.get(variant, {}), runs.get(ref, {})
@@ -250,7 +252,8 @@ def plot_budgets(path: Path) -> None:
         ax.set_xlabel("training tokens of the whole run (M)")
         ax.set_title(f"against {ref_label}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     axes[0].set_ylabel("val loss − the reference's at the end (nats)")
     fig.suptitle("paired gap to NTP at the end of runs of each budget")
     fig.savefig(path, dpi=110, bbox_inches="tight")
