@@ -108,6 +108,8 @@ def test_strong_teacher_budgets_pair_the_ends_of_whole_runs(tmp_path, monkeypatc
     row, = [line for line in table.splitlines() if line.startswith("| CoCoMix, own")]
     assert f"{a + b * math.log(base):+.3f} ± {0.02 / math.sqrt(2):.3f} (2)" in row
     assert report.fmt_tokens(math.exp(-a / b)) in row
+    report.plot_budgets(tmp_path / "budget_gaps.png")  # one panel: no budgets against widened NTP
+    assert (tmp_path / "budget_gaps.png").stat().st_size > 10_000
 
 
 def test_strong_teacher_budgets_nest_and_refuse_partial_blocks(monkeypatch):

@@ -226,42 +226,59 @@ def plot(runs, path: Path) -> None:
 
 
 def plot_budgets(path: Path) -> None:
-    """The paired gap at the end of each budget (dots: seeds, line: mean, dashed: fit)."""
+    """The paired gap at the end of each budget (dots: seeds, line: mean, dashed: the fitted
+    line, drawn on to where it reaches 0 when that is within 4× the largest budget)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(REFERENCES), figsize=(13, 4.5), sharey=True)
-    for ax, (ref, ref_label) in zip(axes, REFERENCES.items()):
-        for i, variant in enumerate(COMPARED):
+    panels: dict[str, dict] = {}
+    for ref in REFERENCES:
+        for variant in COMPARED:
             gaps = budget_gaps(variant, ref)
+            if len({t for p in gaps.values() for t in p}) > 1:
+                panels.setdefault(ref, {})[variant] = gaps
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), sharey=True,
+                             squeeze=False)
+    for ax, (ref, per_variant) in zip(axes[0], panels.items()):
+        for variant, gaps in per_variant.items():
+            color = f"C{COMPARED.index(variant)}"
             tokens = sorted({t for p in gaps.values() for t in p})
-            if len(tokens) < 2:
-                continue
             for p in gaps.values():
-                ax.plot([t / 1e6 for t in p], list(p.values()), ".", color=f"C{i}", alpha=0.5)
+                ax.plot([t / 1e6 for t in p], list(p.values()), ".", color=color, alpha=0.5)
             mean = [statistics.mean(p[t] for p in gaps.values() if t in p) for t in tokens]
-            ax.plot([t / 1e6 for t in tokens], mean, "o-", color=f"C{i}", label=LABELS[variant])
+            ax.plot([t / 1e6 for t in tokens], mean, "o-", color=color, label=LABELS[variant])
             fit = fit_trend(gaps, since=0)
             if fit:
-                xs = np.geomspace(min(tokens), max(tokens), 50)
-                ax.plot(xs / 1e6, fit["a"] + fit["b"] * np.log(xs), "--", color=f"C{i}")
-        ax.axhline(0, color="black", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_xlabel("training tokens of the whole run (M)")
-        ax.set_title(f"against {ref_label}")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    axes[0].set_ylabel("val loss − the reference's at the end (nats)")
+                end = min(fit["crossing"] or max(tokens), 4 * max(tokens))
+                xs = np.geomspace(min(tokens), max(end, max(tokens)), 50)
+                ax.plot(xs / 1e6, fit["a"] + fit["b"] * np.log(xs), "--", color=color)
+        style(ax, f"against {REFERENCES[ref]}", "training tokens of the whole run (M)")
+    axes[0][0].set_ylabel("val loss − the reference's at the end (nats)")
     fig.suptitle("paired gap to NTP at the end of runs of each budget")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
-def plot_gaps(ax, runs, ref: str, ref_label: str) -> None:
+def style(ax, title: str, xlabel: str) -> None:
+    """The axes both figures share: log tokens in M, the zero line, a legend when labelled."""
     import matplotlib.ticker
+
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    low, high = ax.get_xlim()
+    ticks = [t for t in (0.125, 0.25, 0.5, 1, 2, 4, 8, 16) if low <= t <= high]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def plot_gaps(ax, runs, ref: str, ref_label: str) -> None:
     for i, variant in enumerate(COMPARED):
         gaps = gap_curves(runs, variant, ref)
         if not gaps:
@@ -275,14 +292,7 @@ def plot_gaps(ax, runs, ref: str, ref_label: str) -> None:
         if fit:
             xs = np.linspace(FIT_FROM * max(tokens), max(tokens), 50)
             ax.plot(xs / 1e6, fit["a"] + fit["b"] * np.log(xs), "--", color=f"C{i}")
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xticks([0.125, 0.25, 0.5, 1, 2], ["0.125", "0.25", "0.5", "1", "2"])
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("training tokens (M)")
-    ax.set_title(f"against {ref_label}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    style(ax, f"against {ref_label}", "training tokens (M)")
 
 
 def report() -> None:
