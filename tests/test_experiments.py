@@ -124,6 +124,6 @@ def test_strong_teacher_budgets_nest_and_refuse_partial_blocks(monkeypatch):
     assert len(sets[2]) == 512
     for scale in (0.25, 2):
         run.check_scale(scale)
-    for scale in (0.3, 0, -1):
+    for scale in (0.3, 0, -1, float("nan"), float("inf")):
         with pytest.raises(SystemExit, match="whole blocks"):
             run.check_scale(scale)

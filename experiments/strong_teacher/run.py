@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import shutil
 import sys
 import time
@@ -84,10 +85,11 @@ def scaled(work: Path, scale: float) -> tuple[Path, Path]:
 
 def check_scale(scale: float) -> None:
     """A budget of whole blocks and whole steps, or a one-line ``SystemExit``."""
-    data, steps = read_toml(CONFIGS / "study.toml")["data"], read_toml(CONFIGS / "base.toml")
-    steps = steps["train"]["steps"]
-    blocks = data["tokens"] // data["block"] * scale
-    if scale <= 0 or blocks != int(blocks) or steps * scale != int(steps * scale):
+    data = read_toml(CONFIGS / "study.toml")["data"]
+    steps = read_toml(CONFIGS / "base.toml")["train"]["steps"]
+    blocks = data["tokens"] // data["block"] * float(scale)
+    if not (math.isfinite(scale) and scale > 0) or not blocks.is_integer() \
+            or not (steps * float(scale)).is_integer():
         raise SystemExit(f"--scale {scale:g} does not give whole blocks of {data['block']} tokens "
                          f"and whole steps; use a multiple of 1/{data['tokens'] // data['block']}")
 
@@ -103,10 +105,11 @@ def stage_data(work: Path, small_work: Path, scale: float = 1) -> None:
     meta = json.loads((src / "meta.json").read_text())
     train = np.memmap(src / "train.bin", dtype=meta["dtype"], mode="r")
     block, eos = spec["block"], meta["eos_token_id"]
+    starts = subset_blocks(len(train), spec["tokens"], block)  # refuses a budget too large
     tmp = work / ".data.partial"
     tmp.mkdir(parents=True, exist_ok=True)
     out = np.memmap(tmp / "train.bin", dtype=meta["dtype"], mode="w+", shape=(spec["tokens"],))
-    for i, start in enumerate(subset_blocks(len(train), spec["tokens"], block)):
+    for i, start in enumerate(starts):
         out[i * block:(i + 1) * block - 1] = train[start:start + block - 1]
         out[(i + 1) * block - 1] = eos
     out.flush()
