@@ -155,11 +155,16 @@ def crossing(fit: dict, gaps: dict[int, dict[int, float]]) -> str:
         "never (gap not shrinking)"
 
 
-def budget_table() -> str:
-    """The paired gap at the end of every budget's runs, and the line fitted through them."""
+def budget_comparisons() -> dict[tuple[str, str], dict[int, dict[int, float]]]:
+    """``{(variant, reference): budget_gaps}`` of the comparisons made at more than one budget."""
     compared = {(variant, ref): budget_gaps(variant, ref) for ref in REFERENCES
                 for variant in COMPARED}
-    compared = {k: g for k, g in compared.items() if len({t for p in g.values() for t in p}) > 1}
+    return {k: g for k, g in compared.items() if len({t for p in g.values() for t in p}) > 1}
+
+
+def budget_table() -> str:
+    """The paired gap at the end of every budget's runs, and the line fitted through them."""
+    compared = budget_comparisons()
     sizes = sorted({t for g in compared.values() for p in g.values() for t in p})
     rows = []
     for (variant, ref), gaps in compared.items():
@@ -234,11 +239,8 @@ def plot_budgets(path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels: dict[str, dict] = {}
-    for ref in REFERENCES:
-        for variant in COMPARED:
-            gaps = budget_gaps(variant, ref)
-            if len({t for p in gaps.values() for t in p}) > 1:
-                panels.setdefault(ref, {})[variant] = gaps
+    for (variant, ref), gaps in budget_comparisons().items():
+        panels.setdefault(ref, {})[variant] = gaps
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), sharey=True,
                              squeeze=False)
     for ax, (ref, per_variant) in zip(axes[0], panels.items()):
