@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 import shutil
 import tempfile
@@ -32,6 +33,24 @@ def _lines(chunks: Iterable[str], max_len: int = 4000) -> Iterator[str]:
             while line:
                 yield line[:max_len]
                 line = line[max_len:]
+
+
+def _sample(lines: Iterable[str], size: int, seed: int) -> list[str]:
+    """A uniform sample of ``size`` lines in their order (all of them when there are fewer).
+
+    sentencepiece's own sampler draws its seed from the OS, so the same files would give a
+    different tokenizer in every process.
+    """
+    rng = random.Random(seed)
+    kept: list[tuple[int, str]] = []
+    for i, line in enumerate(lines):  # reservoir sampling, algorithm R
+        if i < size:
+            kept.append((i, line))
+        else:
+            j = rng.randrange(i + 1)
+            if j < size:
+                kept[j] = (i, line)
+    return [line for _, line in sorted(kept)]
 
 
 def _merges_from_vocab(vocab: dict[str, int]) -> list[tuple[str, str]]:
@@ -84,8 +103,12 @@ def _write_dir(out_dir: str | Path, force: bool, write: Callable[[Path], None],
 
 def train_tokenizer(inputs: list[str], vocab_size: int, out_dir: str | Path,
                     progress: Progress | None = None, force: bool = False,
-                    max_sentences: int = 2_000_000) -> Path:
-    """Train a sentencepiece BPE tokenizer with byte fallback on text files."""
+                    max_sentences: int = 2_000_000, seed: int = 0) -> Path:
+    """Train a sentencepiece BPE tokenizer with byte fallback on text files.
+
+    When the text holds more than ``max_sentences`` lines, sentencepiece trains on a random
+    sample of them; ``seed`` fixes that sample, so the same files always give the same tokenizer.
+    """
     import io
 
     import sentencepiece as spm
@@ -96,15 +119,16 @@ def train_tokenizer(inputs: list[str], vocab_size: int, out_dir: str | Path,
         raise ConfigError("--vocab-size must be at least 300 (256 byte tokens + specials + merges)")
 
     def write(tmp: Path) -> None:
-        lines = _lines(text for _, text in iter_documents(inputs, progress))
         model = io.BytesIO()
+        lines = _sample(_lines(text for _, text in iter_documents(inputs, progress)),
+                        max_sentences, seed)
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=lines, model_writer=model, vocab_size=vocab_size,
+                sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
                 model_type="bpe", byte_fallback=True, normalization_rule_name="identity",
                 add_dummy_prefix=False, remove_extra_whitespaces=False, split_digits=True,
-                character_coverage=0.9995, input_sentence_size=max_sentences,
-                shuffle_input_sentence=True, max_sentence_length=16384, num_threads=2,
+                character_coverage=0.9995, input_sentence_size=0,
+                shuffle_input_sentence=False, max_sentence_length=16384, num_threads=2,
                 unk_id=0, bos_id=1, eos_id=2, pad_id=-1, unk_piece=SPECIALS["unk"],
                 bos_piece=SPECIALS["bos"], eos_piece=EOS, minloglevel=2)
         except RuntimeError as e:
