@@ -127,3 +127,61 @@ def test_strong_teacher_budgets_nest_and_refuse_partial_blocks(monkeypatch):
     for scale in (0.3, 0, -1, float("nan"), float("inf")):
         with pytest.raises(SystemExit, match="whole blocks"):
             run.check_scale(scale)
+
+
+def _shards(data: Path, tokens: list[int]) -> None:
+    import numpy as np
+
+    data.mkdir(parents=True, exist_ok=True)
+    np.asarray(tokens, dtype=np.uint16).tofile(data / "train.bin")
+    np.asarray([5, 6, 7], dtype=np.uint16).tofile(data / "val.bin")
+    (data / "meta.json").write_text(json.dumps({"dtype": "uint16", "tokenizer_id": "t"}))
+
+
+def test_strong_teacher_refuses_to_mix_runs_from_rebuilt_inputs(tmp_path, monkeypatch):
+    """A work directory rebuilt with other shards or labels cannot add runs to results made from
+    the old ones: the runs would not be paired, and nothing would say so."""
+    import pytest
+
+    run = _strong("run", monkeypatch)
+    from cocomix_mlx.label_store import data_identity
+
+    work, results = tmp_path / "work", tmp_path / "results"
+    results.mkdir()
+    _shards(work / "data", [1, 2, 3, 4])
+    run.check_provenance(work, results)  # first runs: the shards are recorded
+    first = json.loads((results / "data.json").read_text())
+    run.check_provenance(work, results)  # same shards: accepted
+    _shards(work / "data", [1, 2, 3, 9])  # rebuilt, e.g. with another tokenizer
+    with pytest.raises(SystemExit, match="other data or labels"):
+        run.check_provenance(work, results)
+
+    # results from before data.json existed: the data is taken from a label store's record
+    old = tmp_path / "old"
+    old.mkdir()
+    meta = {part: {"identity": f"{part}-1"} for part in ("teacher", "sae")}
+    meta["data"] = first
+    (old / "labels-own.json").write_text(json.dumps(meta))
+    _shards(work / "data", [1, 2, 3, 4])
+    (work / "labels-own").mkdir()
+    (work / "labels-own" / "meta.json").write_text(json.dumps(meta))
+    run.check_provenance(work, old)
+    assert json.loads((old / "data.json").read_text())["identity"] == first["identity"]
+    meta["teacher"]["identity"] = "teacher-2"  # the store was rebuilt from a retrained teacher
+    (work / "labels-own" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(SystemExit, match="labels-own.json names another teacher"):
+        run.check_provenance(work, old)
+
+    # rebuilding a store whose record names other inputs is refused before any labelling
+    teacher, sae = tmp_path / "teacher", tmp_path / "sae"
+    for path, files in ((teacher, ("config.json", "model.safetensors")),
+                        (sae, ("config.json", "sae.safetensors"))):
+        path.mkdir()
+        for name in files:
+            (path / name).write_bytes(name.encode())
+    store = work / "labels-smol"
+    (old / "labels-smol.json").write_text(json.dumps(meta))
+    with pytest.raises(SystemExit, match="another teacher, SAE or data"):
+        run.build_store(teacher, sae, work / "data", store, {}, old)
+    assert not store.exists() and not store.with_name(".labels-smol.partial").exists()
+    assert data_identity(work / "data", {"tokenizer_id": "t"}) == first["identity"]

@@ -27,6 +27,10 @@ training tokens (taken the same way, so the blocks of the smaller budget are amo
 larger) with their own label stores, and S times the steps, under ``WORK/xS`` and
 ``results/xS``. The paired gap at the end of each budget, every run with a whole cosine schedule,
 measures how the gap moves with the budget itself.
+
+A results directory records the shards and label stores its runs were trained on
+(``data.json``, ``labels-*.json``); a work directory rebuilt from other inputs (another
+tokenizer, a retrained teacher) is refused there, and goes to a new ``--results`` directory.
 """
 
 from __future__ import annotations
@@ -78,9 +82,46 @@ def subset_blocks(total: int, tokens: int, block: int) -> np.ndarray:
     return (np.arange(count) * available // count) * block
 
 
-def scaled(work: Path, scale: float) -> tuple[Path, Path]:
+def scaled(work: Path, scale: float, results: Path = RESULTS) -> tuple[Path, Path]:
     """The work and results directories of the study at ``scale`` times the budget."""
-    return (work, RESULTS) if scale == 1 else (work / f"x{scale:g}", RESULTS / f"x{scale:g}")
+    return (work, results) if scale == 1 else (work / f"x{scale:g}", results / f"x{scale:g}")
+
+
+def identities(meta: dict) -> dict:
+    """What a label store was built from: its teacher's, SAE's and data's content hashes."""
+    return {part: meta[part]["identity"] for part in ("teacher", "sae", "data")}
+
+
+def check_provenance(work: Path, results: Path) -> None:
+    """Refuse to add runs to ``results`` when its runs were trained on other data or labels.
+
+    ``results/data.json`` records the identity of the token shards the runs there used (written
+    with the first run, or taken from a label store's record); a work directory rebuilt since
+    then must give the same shards, and every label store there the one its record names.
+    """
+    from cocomix_mlx.label_store import data_identity
+
+    data = work / "data"
+    meta = json.loads((data / "meta.json").read_text())
+    have = {"identity": data_identity(data, meta), "tokenizer_id": meta.get("tokenizer_id")}
+    record = results / "data.json"
+    if not record.exists():
+        labels = sorted(results.glob("labels-*.json"))
+        want = json.loads(labels[0].read_text())["data"] if labels else have
+        record.write_text(json.dumps({k: want.get(k) for k in have}, indent=1) + "\n")
+    want = json.loads(record.read_text())
+    stale = [f"{record.name} names data {want['identity']}"] if want["identity"] != have["identity"] \
+        else []
+    for path in sorted(results.glob("labels-*.json")):
+        store = work / path.stem
+        if (store / "meta.json").exists() and (identities(json.loads(path.read_text()))
+                                               != identities(json.loads((store / "meta.json")
+                                                                        .read_text()))):
+            stale.append(f"{path.name} names another teacher, SAE or data than {store}")
+    if stale:
+        raise SystemExit(f"the runs in {results} were trained on other data or labels than "
+                         f"{work} now holds ({'; '.join(stale)}); give a new --results "
+                         "directory, or rebuild the work directory that made them")
 
 
 def check_scale(scale: float) -> None:
@@ -124,11 +165,21 @@ def stage_data(work: Path, small_work: Path, scale: float = 1) -> None:
 def build_store(teacher: Path, sae: Path, data: Path, out: Path, spec: dict,
                 results: Path) -> None:
     """Build (or finish) the label store ``out``; its meta goes to ``results`` as the record."""
+    from cocomix_mlx.label_store import data_identity, sae_identity, teacher_identity
+
     record = results / f"{out.name}.json"
     if out.exists():
         if not record.exists():
             shutil.copy(out / "meta.json", record)
         return
+    if record.exists():  # the store is rebuilt: it must be the one the runs in results used
+        data_meta = json.loads((data / "meta.json").read_text())
+        have = {"teacher": teacher_identity(teacher), "sae": sae_identity(sae),
+                "data": data_identity(data, data_meta)}
+        if have != identities(json.loads(record.read_text())):
+            raise SystemExit(f"{record} records labels from another teacher, SAE or data than "
+                             f"{teacher}, {sae} and {data}; give a new --results directory, or "
+                             "the inputs that made it")
     partial = out.with_name(f".{out.name}.partial")
     started, last = time.time(), [0.0]
 
@@ -142,17 +193,18 @@ def build_store(teacher: Path, sae: Path, data: Path, out: Path, spec: dict,
     cm.labels.build(teacher, sae, data, out, BuildConfig(**spec),
                     resume=(partial / "progress.json").exists(), force=partial.exists() and not
                     (partial / "progress.json").exists(), progress=progress)
-    shutil.copy(out / "meta.json", record)
+    if not record.exists():
+        shutil.copy(out / "meta.json", record)
 
 
-def stage_own(work: Path, small_work: Path, results: Path) -> None:
+def stage_own(work: Path, small_work: Path, results: Path, root: Path = RESULTS) -> None:
     ss = small_scale()
     ss.stage_teacher(small_work)
     ss.stage_sae(small_work)
     spec = read_toml(CONFIGS / "study.toml")["own"]
     build_store(small_work / "teacher", small_work / "sae", work / "data", work / "labels-own", spec,
                 results)
-    record = RESULTS / "own_teacher.json"  # one teacher for every budget
+    record = root / "own_teacher.json"  # one teacher for every budget
     if not record.exists():  # the own teacher and SAE this study used (rebuilt ones may differ)
         from cocomix_mlx.checkpoint import load_model
         from cocomix_mlx.evaluate import perplexity
@@ -202,6 +254,7 @@ def student_config(variant: str, seed: int, work: Path, scale: float = 1) -> Con
 
 def stage_students(work: Path, small_work: Path, results: Path, scale: float, seeds: list[int],
                    variants: list[str]) -> None:
+    check_provenance(work, results)
     items = last_word_items((small_work / "heldout.txt").read_text(encoding="utf-8"),
                             LAMBADA_ITEMS)
     train_students(results, seeds, variants, lambda v, s: student_config(v, s, work, scale),
@@ -221,14 +274,16 @@ def main() -> None:
     parser.add_argument("--smol-sae", type=Path, default=HERE.parents[1] / "weights" / "smollm2-sae")
     parser.add_argument("--scale", type=float, default=1,
                         help="S times the budget (tokens, label stores, steps) in WORK/xS, results/xS")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="where finished runs and records go (a replicate keeps its own)")
     args = parser.parse_args()
     check_scale(args.scale)
-    work, results = scaled(args.work, args.scale)
+    work, results = scaled(args.work, args.scale, args.results)
     work.mkdir(parents=True, exist_ok=True)
     results.mkdir(parents=True, exist_ok=True)
     run_stages(args.stages, {
         "data": lambda: stage_data(work, args.small_work, args.scale),
-        "own": lambda: stage_own(work, args.small_work, results),
+        "own": lambda: stage_own(work, args.small_work, results, args.results),
         "smol": lambda: stage_smol(work, args.smol_sae, results, args.work / "smol"),
         "students": lambda: stage_students(work, args.small_work, results, args.scale, args.seeds,
                                            args.variants),
