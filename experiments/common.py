@@ -69,12 +69,36 @@ def train_students(results: Path, seeds: list[int], variants: list[str],
                    items: list) -> None:
     """Every variant for every seed, seed-major (complete seeds land first); finished students
     (``results/VARIANT-sSEED.json``) are skipped."""
+    check_data(results, data)
     for seed in seeds:
         for variant in variants:
             name = f"{variant}-s{seed}"
             if not (results / f"{name}.json").exists():
                 train_student(results, variant, seed, config_of(variant, seed), runs / name, data,
                               items)
+
+
+def check_data(results: Path, data: Path, record: dict | None = None) -> None:
+    """Refuse to add runs to ``results`` when the runs there were trained on other token shards.
+
+    ``results/data.json`` names the shards (content hash and tokenizer; a null field is not
+    checked); it is written with the first run, from ``record`` when given. A work directory
+    rebuilt since (another tokenizer, other files) must give the same shards, or its runs would
+    sit beside the old ones unpaired.
+    """
+    from cocomix_mlx.label_store import data_identity
+
+    meta = json.loads((data / "meta.json").read_text())
+    have = {"identity": data_identity(data, meta), "tokenizer_id": meta.get("tokenizer_id")}
+    path = results / "data.json"
+    if not path.exists():
+        results.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({k: (record or have).get(k) for k in have}, indent=1) + "\n")
+    want = json.loads(path.read_text())
+    if any(want.get(k) is not None and want[k] != v for k, v in have.items()):
+        raise SystemExit(f"the runs in {results} were trained on other token shards than {data} "
+                         f"({path.name}: {want}); use a new results directory, or rebuild the "
+                         "work directory that made them")
 
 
 def write_result(results: Path, name: str, result: dict, run_dir: Path) -> None:

@@ -149,12 +149,18 @@ def test_strong_teacher_refuses_to_mix_runs_from_rebuilt_inputs(tmp_path, monkey
     work, results = tmp_path / "work", tmp_path / "results"
     results.mkdir()
     _shards(work / "data", [1, 2, 3, 4])
-    run.check_provenance(work, results)  # first runs: the shards are recorded
+    common = _common()
+    common.check_data(results, work / "data")  # first runs: the shards are recorded
     first = json.loads((results / "data.json").read_text())
-    run.check_provenance(work, results)  # same shards: accepted
+    common.check_data(results, work / "data")  # same shards: accepted
     _shards(work / "data", [1, 2, 3, 9])  # rebuilt, e.g. with another tokenizer
-    with pytest.raises(SystemExit, match="other data or labels"):
-        run.check_provenance(work, results)
+    with pytest.raises(SystemExit, match="other token shards"):
+        common.check_data(results, work / "data")
+    with pytest.raises(SystemExit, match="other token shards"):  # before any training
+        common.train_students(results, [0], ["ntp"], None, tmp_path / "runs", work / "data", [])
+    # a record that names only the tokenizer checks only the tokenizer
+    (results / "data.json").write_text(json.dumps({"identity": None, "tokenizer_id": "t"}))
+    common.check_data(results, work / "data")
 
     # results from before data.json existed: the data is taken from a label store's record
     old = tmp_path / "old"
@@ -165,12 +171,12 @@ def test_strong_teacher_refuses_to_mix_runs_from_rebuilt_inputs(tmp_path, monkey
     _shards(work / "data", [1, 2, 3, 4])
     (work / "labels-own").mkdir()
     (work / "labels-own" / "meta.json").write_text(json.dumps(meta))
-    run.check_provenance(work, old)
+    run.check_labels(work, old)
     assert json.loads((old / "data.json").read_text())["identity"] == first["identity"]
     meta["teacher"]["identity"] = "teacher-2"  # the store was rebuilt from a retrained teacher
     (work / "labels-own" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(SystemExit, match="labels-own.json names another teacher"):
-        run.check_provenance(work, old)
+        run.check_labels(work, old)
 
     # rebuilding a store whose record names other inputs is refused before any labelling
     teacher, sae = tmp_path / "teacher", tmp_path / "sae"

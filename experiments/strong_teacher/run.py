@@ -46,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import read_toml, run_stages, train_students  # noqa: E402
+from common import check_data, read_toml, run_stages, train_students  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -92,36 +92,21 @@ def identities(meta: dict) -> dict:
     return {part: meta[part]["identity"] for part in ("teacher", "sae", "data")}
 
 
-def check_provenance(work: Path, results: Path) -> None:
-    """Refuse to add runs to ``results`` when its runs were trained on other data or labels.
-
-    ``results/data.json`` records the identity of the token shards the runs there used (written
-    with the first run, or taken from a label store's record); a work directory rebuilt since
-    then must give the same shards, and every label store there the one its record names.
-    """
-    from cocomix_mlx.label_store import data_identity
-
-    data = work / "data"
-    meta = json.loads((data / "meta.json").read_text())
-    have = {"identity": data_identity(data, meta), "tokenizer_id": meta.get("tokenizer_id")}
-    record = results / "data.json"
-    if not record.exists():
-        labels = sorted(results.glob("labels-*.json"))
-        want = json.loads(labels[0].read_text())["data"] if labels else have
-        record.write_text(json.dumps({k: want.get(k) for k in have}, indent=1) + "\n")
-    want = json.loads(record.read_text())
-    stale = [f"{record.name} names data {want['identity']}"] if want["identity"] != have["identity"] \
-        else []
-    for path in sorted(results.glob("labels-*.json")):
+def check_labels(work: Path, results: Path) -> None:
+    """Refuse to add runs to ``results`` when a label store in ``work`` is not the one its
+    record there names (the data are checked by ``common.check_data``, which takes them from
+    the label-store records of results written before ``data.json`` existed)."""
+    labels = sorted(results.glob("labels-*.json"))
+    if labels:
+        check_data(results, work / "data", json.loads(labels[0].read_text())["data"])
+    for path in labels:
         store = work / path.stem
         if (store / "meta.json").exists() and (identities(json.loads(path.read_text()))
                                                != identities(json.loads((store / "meta.json")
                                                                         .read_text()))):
-            stale.append(f"{path.name} names another teacher, SAE or data than {store}")
-    if stale:
-        raise SystemExit(f"the runs in {results} were trained on other data or labels than "
-                         f"{work} now holds ({'; '.join(stale)}); give a new --results "
-                         "directory, or rebuild the work directory that made them")
+            raise SystemExit(f"the runs in {results} were trained on other labels than {store} "
+                             f"holds ({path.name} names another teacher, SAE or data); give a new "
+                             "--results directory, or rebuild the work directory that made them")
 
 
 def check_scale(scale: float) -> None:
@@ -254,7 +239,7 @@ def student_config(variant: str, seed: int, work: Path, scale: float = 1) -> Con
 
 def stage_students(work: Path, small_work: Path, results: Path, scale: float, seeds: list[int],
                    variants: list[str]) -> None:
-    check_provenance(work, results)
+    check_labels(work, results)
     items = last_word_items((small_work / "heldout.txt").read_text(encoding="utf-8"),
                             LAMBADA_ITEMS)
     train_students(results, seeds, variants, lambda v, s: student_config(v, s, work, scale),
