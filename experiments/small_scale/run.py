@@ -53,19 +53,19 @@ def stage_data(work: Path) -> None:
     (work / "heldout.txt").write_text(heldout, encoding="utf-8")
 
 
-def stage_teacher(work: Path) -> None:
+def stage_teacher(work: Path, results: Path = RESULTS) -> None:
     if (work / "teacher" / "done").exists():
         return
     cfg = load_toml(CONFIGS / "teacher.toml")
     run_trainer(cfg, work / "teacher", work / "data")
-    if not (RESULTS / "teacher.json").exists():  # the figure of the teacher the results used
+    if not (results / "teacher.json").exists():  # the figure of the teacher the results used
         result = {"val": perplexity(str(work / "teacher"), str(work / "data")),
                   "tokens": cfg.train.steps * cfg.train.batch_size * cfg.train.seq_len}
-        (RESULTS / "teacher.json").write_text(json.dumps(result, indent=1) + "\n")
+        (results / "teacher.json").write_text(json.dumps(result, indent=1) + "\n")
     (work / "teacher" / "done").touch()
 
 
-def stage_sae(work: Path) -> None:
+def stage_sae(work: Path, results: Path = RESULTS) -> None:
     from cocomix_mlx.checkpoint import load_model
     from cocomix_mlx.models.sae import load_sae
     from cocomix_mlx.sae_analysis import evaluate_sae
@@ -80,10 +80,10 @@ def stage_sae(work: Path) -> None:
             trainer.resume()
         trainer.train()
         (work / "sae" / "done").touch()
-    if not (RESULTS / "sae.json").exists():
+    if not (results / "sae.json").exists():
         quality = evaluate_sae(teacher, load_sae(work / "sae"), spec["layer"], work / "data",
                                batches=50)
-        (RESULTS / "sae.json").write_text(json.dumps(quality, indent=1, default=float) + "\n")
+        (results / "sae.json").write_text(json.dumps(quality, indent=1, default=float) + "\n")
 
 
 def student_config(variant: str, seed: int, work: Path) -> Config:
@@ -101,10 +101,10 @@ def student_config(variant: str, seed: int, work: Path) -> Config:
     return cfg
 
 
-def stage_students(work: Path, seeds: list[int], variants: list[str]) -> None:
+def stage_students(work: Path, results: Path, seeds: list[int], variants: list[str]) -> None:
     heldout = (work / "heldout.txt").read_text(encoding="utf-8")
     items = last_word_items(heldout, LAMBADA_ITEMS)
-    train_students(RESULTS, seeds, variants, lambda v, s: student_config(v, s, work),
+    train_students(results, seeds, variants, lambda v, s: student_config(v, s, work),
                    work / "runs", work / "data", items)
 
 
@@ -116,13 +116,16 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS + DEEP_VARIANTS,
                         help="default: every variant but the deep_* ones")
     parser.add_argument("--work", type=Path, default=HERE / "work")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="where finished runs go (runs from other shards need their own)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    RESULTS.mkdir(exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     run_stages(args.stages, {
-        "data": lambda: stage_data(args.work), "teacher": lambda: stage_teacher(args.work),
-        "sae": lambda: stage_sae(args.work),
-        "students": lambda: stage_students(args.work, args.seeds, args.variants),
+        "data": lambda: stage_data(args.work),
+        "teacher": lambda: stage_teacher(args.work, args.results),
+        "sae": lambda: stage_sae(args.work, args.results),
+        "students": lambda: stage_students(args.work, args.results, args.seeds, args.variants),
         "report": report}, parser.error)
 
 
