@@ -111,6 +111,22 @@ def test_strong_teacher_budgets_pair_the_ends_of_whole_runs(tmp_path, monkeypatc
     report.plot_budgets(tmp_path / "budget_gaps.png")  # one panel: no budgets against widened NTP
     assert (tmp_path / "budget_gaps.png").stat().st_size > 10_000
 
+    # a replicate (another tokenizer and own teacher) is tabled beside the first set, never mixed
+    assert report.replicate_table() == ""
+    rep = tmp_path / "replicate" / "x0.25"
+    rep.mkdir(parents=True)
+    (rep.parent / "own_teacher.json").write_text(json.dumps({"teacher_val": {"ppl": 104.25}}))
+    for seed, gap in ((0, 0.2), (1, 0.1), (2, 0.0)):
+        for variant, value in (("ntp_base", 150.0), ("cocomix_own", 150.0 * math.exp(gap))):
+            (rep / f"{variant}-s{seed}.json").write_text(json.dumps(
+                {"variant": variant, "seed": seed, "tokens": base // 4, "val": {"ppl": value}}))
+    assert report.budget_gaps("cocomix_own", "ntp_base") == gaps
+    table = report.replicate_table()
+    first, second = [line for line in table.splitlines() if line.startswith("| CoCoMix, own")]
+    assert "| first | — |" in first and "| replicate | 104.2 |" in second
+    assert second.endswith("| +0.100 ± 0.100 (3) | — | — |")
+    assert f"{a + b * math.log(base // 4):+.3f} ± {0.02 / math.sqrt(2):.3f} (2)" in first
+
 
 def test_strong_teacher_budgets_nest_and_refuse_partial_blocks(monkeypatch):
     """A smaller budget's training blocks are among a larger one's, and a scale that does not

@@ -4,7 +4,8 @@
 
 Rewrites the generated part of RESULTS.md (between its markers), ``gap_curves.png`` and, once
 a study at another budget (``run.py --scale``, ``results/xS``) has finished runs,
-``budget_gaps.png``; the discussion around the markers is kept.
+``budget_gaps.png``, and a table of any replicate set (``results/replicate*``); the discussion
+around the markers is kept.
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ def val_curve(variant: str, seed: int) -> dict[int, float]:
                 ["val_ntp_loss"])
 
 
-def budgets() -> dict[float, Path]:
-    """``{scale: results directory}`` of every budget: 1 is ``results/``, S is ``results/xS``."""
-    out = {1.0: RESULTS}
-    for path in RESULTS.glob("x*"):
+def budgets(root: Path | None = None) -> dict[float, Path]:
+    """``{scale: results directory}`` of every budget: 1 is ``results/``, S is ``results/xS``
+    (or those of the replicate ``root``)."""
+    root = root or RESULTS
+    out = {1.0: root}
+    for path in root.glob("x*"):
         try:
             out[float(path.name[1:])] = path
         except ValueError:
@@ -50,13 +53,13 @@ def budgets() -> dict[float, Path]:
     return dict(sorted(out.items()))
 
 
-def budget_gaps(variant: str, ref: str) -> dict[int, dict[int, float]]:
+def budget_gaps(variant: str, ref: str, root: Path | None = None) -> dict[int, dict[int, float]]:
     """Per seed: ``{tokens: ln(ppl of variant / ppl of ref)}`` at the end of each budget's runs,
     on the whole held-out split (the paired gap in nats, every run a whole schedule)."""
     out: dict[int, dict[int, float]] = {}
     if variant == ref:
         return out
-    for results in budgets().values():
+    for results in budgets(root).values():
         runs = load_runs(results)
         a, b = runs.get(variant, {}), runs.get(ref, {})
         for seed in sorted(a.keys() & b.keys()):
@@ -184,6 +187,42 @@ def budget_table() -> str:
                       "|---|" + "---:|" * (len(sizes) + 2)] + rows)
 
 
+def replicates() -> dict[str, Path]:
+    """The sets of runs made from another draw of the tokenizer and the own teacher
+    (``run.py --results results/replicate…``), by name."""
+    return {p.name: p for p in sorted(RESULTS.glob("replicate*")) if p.is_dir()}
+
+
+def replicate_table() -> str:
+    """The budget gaps of every replicate beside the first set's, with each set's own teacher."""
+    sets = {"first": RESULTS, **replicates()}
+    if len(sets) == 1:
+        return ""
+    compared = {(v, r): {} for r in REFERENCES for v in COMPARED}
+    for name, root in sets.items():
+        for key in compared:
+            compared[key][name] = budget_gaps(*key, root)
+    keep = {k: per_set for k, per_set in compared.items()
+            if any(per_set[name] for name in sets if name != "first")}
+    sizes = sorted({t for per_set in keep.values() for g in per_set.values() for p in g.values()
+                    for t in p})
+    rows = []
+    for (variant, ref), per_set in keep.items():
+        for name, gaps in per_set.items():
+            teacher = sets[name] / "own_teacher.json"
+            ppl = f"{json.loads(teacher.read_text())['teacher_val']['ppl']:.1f}" \
+                if teacher.exists() else "—"
+            cells = [[p[t] for p in gaps.values() if t in p] for t in sizes]
+            rows.append(f"| {LABELS[variant]} − {REFERENCES[ref]} | {name} | {ppl} | "
+                        + " | ".join(f"{mean_std(c, 3, '+')} ({len(c)})" if c else "—"
+                                     for c in cells) + " |")
+    if not rows:
+        return ""
+    head = " | ".join(f"gap at {fmt_tokens(t)} (seeds)" for t in sizes)
+    return "\n".join([f"| comparison, at the end of each budget (nats) | set | own teacher val "
+                      f"ppl | {head} |", "|---|---|---:|" + "---:|" * len(sizes)] + rows)
+
+
 def quality(q: dict) -> str:
     """One line of an SAE's measured quality (``sae_analysis.evaluate_sae``)."""
     return (f"FVU {q['fvu']:.3f} (standardized {q['fvu_normalized']:.3f}), dead "
@@ -306,7 +345,7 @@ def report() -> None:
     machines = sorted({r["machine"] for v in runs.values() for r in v.values()})
     across = budget_table()
     body = "\n\n".join(p for p in (table(runs), stores(), "\n".join(f"- machine: {m}" for m in machines),
-                                   trend_table(runs), across) if p)
+                                   trend_table(runs), across, replicate_table()) if p)
     write_generated(HERE / "RESULTS.md", body)
     if any(gap_curves(runs, v, r) for v in COMPARED for r in REFERENCES):
         plot(runs, HERE / "gap_curves.png")
