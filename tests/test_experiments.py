@@ -126,6 +126,11 @@ def test_strong_teacher_budgets_pair_the_ends_of_whole_runs(tmp_path, monkeypatc
     assert "| first | — |" in first and "| replicate | 104.2 |" in second
     assert second.endswith("| +0.100 ± 0.100 (3) | — | — |")
     assert f"{a + b * math.log(base // 4):+.3f} ± {0.02 / math.sqrt(2):.3f} (2)" in first
+    pooled, = [line for line in table.splitlines() if "the sets pooled (9 runs)" in line]
+    both = {**{("first", k): v for k, v in gaps.items()},
+            **{("replicate", k): {base // 4: g} for k, g in enumerate((0.2, 0.1, 0.0))}}
+    fit = report.fit_trend(both, since=0)
+    assert f"slope {fit['b']:+.4f} ± {fit['se_b']:.4f}" in pooled
 
 
 def test_strong_teacher_budgets_nest_and_refuse_partial_blocks(monkeypatch):

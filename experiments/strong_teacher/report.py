@@ -219,8 +219,17 @@ def replicate_table() -> str:
     if not rows:
         return ""
     head = " | ".join(f"gap at {fmt_tokens(t)} (seeds)" for t in sizes)
+    pooled = []
+    for (variant, ref), per_set in keep.items():  # every run of every set, one line through all
+        gaps = {(name, seed): p for name, g in per_set.items() for seed, p in g.items()}
+        fit = fit_trend(gaps, since=0)
+        if fit:
+            pooled.append(f"- {LABELS[variant]} − {REFERENCES[ref]}, the sets pooled "
+                          f"({fit['points']} runs): slope {fit['b']:+.4f} ± {fit['se_b']:.4f} "
+                          f"per e-fold of budget, fitted line reaches 0 at {crossing(fit, gaps)}")
     return "\n".join([f"| comparison, at the end of each budget (nats) | set | own teacher val "
-                      f"ppl | {head} |", "|---|---|---:|" + "---:|" * len(sizes)] + rows)
+                      f"ppl | {head} |", "|---|---|---:|" + "---:|" * len(sizes)] + rows
+                     + ([""] + pooled if pooled else []))
 
 
 def quality(q: dict) -> str:
