@@ -7,7 +7,8 @@ it must be imported before anything that imports ``mlx`` -- ``import cocomix_mlx
 
 Where no system OpenBLAS is found, the one in the ``cmeel-openblas`` wheel (a dependency on
 Linux) is loaded instead (:mod:`cocomix_mlx.wheel_blas`), so ``pip install`` alone gives the fast
-BLAS. Environment: ``COCOMIX_BLAS=off`` disables it, ``COCOMIX_BLAS=wheel`` takes the wheel's even
+BLAS where the CPU runs that build (the current one uses AVX-512; a test multiply in a child process decides,
+once per machine, and a CPU without is left on the reference BLAS with a warning). Environment: ``COCOMIX_BLAS=off`` disables it, ``COCOMIX_BLAS=wheel`` takes the wheel's even
 where a system one exists, ``COCOMIX_BLAS=/path/to/libopenblas.so`` picks a library. It is a
 no-op on macOS (MLX uses Accelerate there).
 """
@@ -22,8 +23,8 @@ import sys
 from dataclasses import dataclass
 
 ENV_VAR = "COCOMIX_BLAS"
-SLOW_BLAS_FIX = ("pip install cmeel-openblas, or install the system OpenBLAS (Debian/Ubuntu: "
-                 "apt-get install libopenblas0-pthread)")
+SYSTEM_BLAS_FIX = "install the system OpenBLAS (Debian/Ubuntu: apt-get install libopenblas0-pthread)"
+SLOW_BLAS_FIX = f"pip install cmeel-openblas, or {SYSTEM_BLAS_FIX}"
 
 _CANDIDATES = (
     "/usr/lib/{arch}-linux-gnu/openblas-pthread/libopenblas.so.0",
@@ -85,7 +86,8 @@ def _setup_blas() -> BlasState:
                          detail=f"OpenBLAS from the cmeel-openblas wheel, {gfortran}")
     except OSError as e:
         status = "failed" if choice else "not-found"
-        return BlasState(status, detail=f"{e}; {SLOW_BLAS_FIX}")
+        fix = SYSTEM_BLAS_FIX if wheel_blas.find_openblas() else SLOW_BLAS_FIX
+        return BlasState(status, detail=f"{e}; {fix}")
 
 
 BLAS = _setup_blas()

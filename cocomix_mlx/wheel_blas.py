@@ -114,12 +114,9 @@ def _cache_dir() -> Path:
         return Path(tempfile.gettempdir()) / f"cocomix-blas-{os.getuid()}"
 
 
-def load() -> tuple[str, str]:
-    """Load the wheel OpenBLAS globally; returns ``(library path, how libgfortran was found)``.
-    Raises ``OSError`` when no route works."""
-    blas = find_openblas()
-    if blas is None:
-        raise OSError("cmeel-openblas is not installed (pip install cmeel-openblas)")
+def _load_gfortran() -> str:
+    """Load a ``libgfortran.so.5`` globally (a wheel's renamed copy, else the system's); returns
+    how it was found. Raises ``OSError`` when there is none."""
     libs = _bundled_libs()
     if libs is not None:
         src = sorted(libs.glob("libgfortran*"))[0]
@@ -130,12 +127,85 @@ def load() -> tuple[str, str]:
             if (libs / needed).exists():  # e.g. its renamed libquadmath
                 ctypes.CDLL(str(libs / needed), mode=ctypes.RTLD_GLOBAL)
         ctypes.CDLL(str(copy), mode=ctypes.RTLD_GLOBAL)
-        how = f"libgfortran from {libs.name} ({src.name})"
+        return f"libgfortran from {libs.name} ({src.name})"
+    system = ctypes.util.find_library("gfortran")
+    if not system:
+        raise OSError("no libgfortran.so.5 in NumPy's or MLX's wheel nor on the system")
+    ctypes.CDLL(system, mode=ctypes.RTLD_GLOBAL)
+    return f"the system's {system}"
+
+
+# Run in a child process: load the library as ``load`` does and multiply two matrices of ones.
+# A build for newer instructions than this CPU has (cmeel-openblas is built for AVX-512) dies
+# there with SIGILL, not in the caller.
+_PROBE = """
+import ctypes, importlib.util, sys
+spec = importlib.util.spec_from_file_location("wheel_blas", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+module._load_gfortran()
+blas = ctypes.CDLL(sys.argv[2], mode=ctypes.RTLD_GLOBAL)
+n = 256
+a, c = (ctypes.c_float * (n * n))(*([1.0] * (n * n))), (ctypes.c_float * (n * n))()
+f, i = ctypes.c_float, ctypes.c_int
+blas.cblas_sgemm(i(101), i(111), i(111), i(n), i(n), i(n), f(1.0), a, i(n), a, i(n), f(0.0), c, i(n))
+sys.exit(0 if all(x == n for x in c) else 3)
+"""
+
+
+def _cpu_signature() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def probe(command: list[str], key: str, cache: Path | None = None) -> str | None:
+    """Run ``command`` once per ``key`` and remember the answer in the cache: ``None`` when it
+    exits 0, otherwise why not (e.g. the signal that killed it)."""
+    import subprocess
+
+    path = (cache or _cache_dir()) / f"probe-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if path.exists():
+        verdict = path.read_text()
+        return verdict or None
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    try:
+        r = subprocess.run(command, env=env, capture_output=True, timeout=120)
+        code = r.returncode
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"its test could not run ({e})"  # not remembered: may work next time
+    if code == 0:
+        verdict = ""
+    elif code < 0:
+        import signal
+
+        verdict = f"its test multiply was killed by {signal.Signals(-code).name}"
     else:
-        system = ctypes.util.find_library("gfortran")
-        if not system:
-            raise OSError("no libgfortran.so.5 in NumPy's or MLX's wheel nor on the system")
-        ctypes.CDLL(system, mode=ctypes.RTLD_GLOBAL)
-        how = f"the system's {system}"
+        verdict = f"its test multiply exited with status {code}"
+    if code < 0 and -code == 4:  # SIGILL
+        verdict += " (it was built for CPU instructions this machine lacks)"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(verdict)
+    except OSError:
+        pass
+    return verdict or None
+
+
+def load() -> tuple[str, str]:
+    """Load the wheel OpenBLAS globally; returns ``(library path, how libgfortran was found)``.
+    Raises ``OSError`` when no route works, or when the library cannot run on this CPU (checked
+    once per machine in a child process, so a bad build is refused instead of killing us)."""
+    blas = find_openblas()
+    if blas is None:
+        raise OSError("cmeel-openblas is not installed (pip install cmeel-openblas)")
+    stat = blas.stat()
+    why = probe([sys.executable, "-c", _PROBE, __file__, str(blas)],
+                f"{blas}:{stat.st_size}:{stat.st_mtime_ns}:{_cpu_signature()}")
+    if why:
+        raise OSError(f"the cmeel-openblas library cannot be used here: {why}")
+    how = _load_gfortran()
     ctypes.CDLL(str(blas), mode=ctypes.RTLD_GLOBAL)
     return str(blas), how

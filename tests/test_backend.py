@@ -41,9 +41,20 @@ def probe(blas: str, cache) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def cpu_flags() -> set[str]:
+    with open("/proc/cpuinfo") as f:
+        return set(next(line for line in f if line.startswith("flags")).split(":")[1].split())
+
+
 @linux_wheel
 def test_wheel_openblas_is_bound_and_matmuls_equal_numpys(tmp_path):
-    wheel, reference = probe("wheel", tmp_path), probe("off", tmp_path)
+    wheel, reference = probe("wheel", tmp_path), probe("off", tmp_path)  # neither process dies
+    if wheel["blas"] == "failed":  # a build this CPU cannot run is refused, never loaded
+        assert "cannot be used here" in wheel["detail"] and "SIGILL" in wheel["detail"]
+        assert "apt-get install" in wheel["detail"] and "pip install" not in wheel["detail"]
+        assert not any("openblas.so" in m for m in wheel["maps"]) and wheel["error"] < 1e-5
+        assert "avx512f" not in cpu_flags()  # the wheel's OpenBLAS is built for AVX-512
+        return
     assert wheel["blas"] == "loaded" and "cmeel" in wheel["library"]
     assert any(m.endswith("cmeel.prefix/lib/libopenblas.so.0") for m in wheel["maps"])
     # libgfortran comes from a wheel (renamed copy in the cache), never from the system
@@ -96,3 +107,19 @@ def test_long_commands_warn_once_about_a_slow_blas(tmp_path):
     assert r.returncode == 2 and len(lines) == 2, r.stderr
     assert lines[0].startswith("warning:") and "pip install cmeel-openblas" in lines[0]
     assert lines[1].startswith("error:")
+
+
+def test_blas_probe_catches_a_crashing_child_and_remembers_it(tmp_path):
+    """The verdict on a library comes from a child process (a SIGILL there, not here), once per
+    key: the cached answer is reused without running the child again."""
+    sigill = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGILL)"]
+    why = wheel_blas.probe(sigill, "lib-a", tmp_path)
+    assert "SIGILL" in why and "instructions this machine lacks" in why
+    ok = [sys.executable, "-c", "pass"]
+    assert wheel_blas.probe(ok, "lib-a", tmp_path) == why  # remembered for this key
+    assert wheel_blas.probe(ok, "lib-b", tmp_path) is None
+    marker = tmp_path / "ran"
+    again = [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
+    assert wheel_blas.probe(again, "lib-b", tmp_path) is None and not marker.exists()
+    assert "status 3" in wheel_blas.probe([sys.executable, "-c", "raise SystemExit(3)"], "lib-c",
+                                          tmp_path)
