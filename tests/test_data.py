@@ -370,9 +370,7 @@ def test_tokenizer_trained_on_a_sample_is_the_same_in_every_process(tmp_path):
     """More lines than ``max_sentences``: the sample is drawn from a fixed seed, so a rebuilt
     study gets its tokenizer (and every shard, teacher and label store after it) back exactly.
     sentencepiece's own sampler drew a new seed from the OS in every process."""
-    import random
-    import subprocess
-    import sys
+    import random, subprocess, sys  # noqa: E401
 
     rng = random.Random(0)
     words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
@@ -383,8 +381,8 @@ def test_tokenizer_trained_on_a_sample_is_the_same_in_every_process(tmp_path):
     for out in outs:
         subprocess.run([sys.executable, "-c", _TRAIN_IN_A_PROCESS, str(tmp_path / "a.txt"),
                         str(out)], check=True)
-    assert len({(out / "tokenizer.json").read_bytes() for out in outs}) == 1
-    assert len({(out / "tokenizer.model").read_bytes() for out in outs}) == 1
+    for name in ("tokenizer.json", "tokenizer.model"):
+        assert len({(out / name).read_bytes() for out in outs}) == 1
 
 
 def test_tokenizer_sample_is_uniform_ordered_and_seeded():
