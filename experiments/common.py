@@ -31,6 +31,16 @@ def read_toml(path: Path) -> dict:
     return tomllib.loads(path.read_text())
 
 
+def make_dirs(*paths: Path) -> None:
+    """Create the runner's work and results directories, or stop with one line."""
+    for path in paths:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SystemExit(f"cannot use {path} as a directory ({e.strerror}); give another "
+                             "--work or --results") from None
+
+
 def run_trainer(cfg: Config, out: Path, data: Path) -> float:
     """Train (or finish) the run in ``out``; returns its training wall time in seconds."""
     from cocomix_mlx.runs import make_run
@@ -88,11 +98,12 @@ def check_data(results: Path, data: Path, record: dict | None = None) -> None:
     """
     from cocomix_mlx.label_store import data_identity
 
+    if not (data / "meta.json").exists():
+        raise SystemExit(f"no token shards in {data}; run the data stage first")
     meta = json.loads((data / "meta.json").read_text())
     have = {"identity": data_identity(data, meta), "tokenizer_id": meta.get("tokenizer_id")}
     path = results / "data.json"
     if not path.exists():
-        results.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({k: (record or have).get(k) for k in have}, indent=1) + "\n")
     want = json.loads(path.read_text())
     if any(want.get(k) is not None and want[k] != v for k, v in have.items()):

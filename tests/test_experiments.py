@@ -168,9 +168,13 @@ def test_strong_teacher_refuses_to_mix_runs_from_rebuilt_inputs(tmp_path, monkey
     from cocomix_mlx.label_store import data_identity
 
     work, results = tmp_path / "work", tmp_path / "results"
-    results.mkdir()
-    _shards(work / "data", [1, 2, 3, 4])
     common = _common()
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit, match="cannot use .*a-file as a directory"):
+        common.make_dirs(results, tmp_path / "a-file")  # --results naming a file
+    with pytest.raises(SystemExit, match="no token shards"):  # students before the data stage
+        common.check_data(results, work / "data")
+    _shards(work / "data", [1, 2, 3, 4])
     common.check_data(results, work / "data")  # first runs: the shards are recorded
     first = json.loads((results / "data.json").read_text())
     common.check_data(results, work / "data")  # same shards: accepted

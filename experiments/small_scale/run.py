@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import CORPUS, read_toml, run_stages, run_trainer, train_students  # noqa: E402
+from common import CORPUS, make_dirs, read_toml, run_stages, run_trainer, train_students  # noqa: E402
 
 from cocomix_mlx.config import Config, apply_overrides, from_dict, load_toml  # noqa: E402
 from cocomix_mlx.data import prepare  # noqa: E402
@@ -102,6 +102,8 @@ def student_config(variant: str, seed: int, work: Path) -> Config:
 
 
 def stage_students(work: Path, results: Path, seeds: list[int], variants: list[str]) -> None:
+    if not (work / "heldout.txt").exists():
+        raise SystemExit(f"no held-out text in {work}; run the data stage first")
     heldout = (work / "heldout.txt").read_text(encoding="utf-8")
     items = last_word_items(heldout, LAMBADA_ITEMS)
     train_students(results, seeds, variants, lambda v, s: student_config(v, s, work),
@@ -119,8 +121,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="where finished runs go (runs from other shards need their own)")
     args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    args.results.mkdir(parents=True, exist_ok=True)
+    make_dirs(args.work, args.results)
     run_stages(args.stages, {
         "data": lambda: stage_data(args.work),
         "teacher": lambda: stage_teacher(args.work, args.results),

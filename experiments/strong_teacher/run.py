@@ -46,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import check_data, read_toml, run_stages, train_students  # noqa: E402
+from common import check_data, make_dirs, read_toml, run_stages, train_students  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -264,8 +264,7 @@ def main() -> None:
     args = parser.parse_args()
     check_scale(args.scale)
     work, results = scaled(args.work, args.scale, args.results)
-    work.mkdir(parents=True, exist_ok=True)
-    results.mkdir(parents=True, exist_ok=True)
+    make_dirs(work, results)
     run_stages(args.stages, {
         "data": lambda: stage_data(work, args.small_work, args.scale),
         "own": lambda: stage_own(work, args.small_work, results, args.results),
