@@ -7,8 +7,9 @@ it must be imported before anything that imports ``mlx`` -- ``import cocomix_mlx
 
 Where no system OpenBLAS is found, the one in the ``cmeel-openblas`` wheel (a dependency on
 Linux) is loaded instead (:mod:`cocomix_mlx.wheel_blas`), so ``pip install`` alone gives the fast
-BLAS where the CPU runs that build (the current one uses AVX-512; a test multiply in a child process decides,
-once per machine, and a CPU without is left on the reference BLAS with a warning). Environment: ``COCOMIX_BLAS=off`` disables it, ``COCOMIX_BLAS=wheel`` takes the wheel's even
+BLAS where the CPU runs that build (the current one uses AVX-512; a test multiply in a child
+process decides, once per machine, and a CPU without it keeps the reference BLAS with a warning).
+Environment: ``COCOMIX_BLAS=off`` disables it, ``COCOMIX_BLAS=wheel`` takes the wheel's even
 where a system one exists, ``COCOMIX_BLAS=/path/to/libopenblas.so`` picks a library. It is a
 no-op on macOS (MLX uses Accelerate there).
 """
@@ -23,7 +24,8 @@ import sys
 from dataclasses import dataclass
 
 ENV_VAR = "COCOMIX_BLAS"
-SYSTEM_BLAS_FIX = "install the system OpenBLAS (Debian/Ubuntu: apt-get install libopenblas0-pthread)"
+SYSTEM_BLAS_FIX = ("install the system OpenBLAS (Debian/Ubuntu: apt-get install "
+                   "libopenblas0-pthread)")
 SLOW_BLAS_FIX = f"pip install cmeel-openblas, or {SYSTEM_BLAS_FIX}"
 
 _CANDIDATES = (

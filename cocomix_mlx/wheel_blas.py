@@ -148,7 +148,9 @@ blas = ctypes.CDLL(sys.argv[2], mode=ctypes.RTLD_GLOBAL)
 n = 256
 a, c = (ctypes.c_float * (n * n))(*([1.0] * (n * n))), (ctypes.c_float * (n * n))()
 f, i = ctypes.c_float, ctypes.c_int
-blas.cblas_sgemm(i(101), i(111), i(111), i(n), i(n), i(n), f(1.0), a, i(n), a, i(n), f(0.0), c, i(n))
+row_major, no_trans = i(101), i(111)
+blas.cblas_sgemm(row_major, no_trans, no_trans, i(n), i(n), i(n), f(1.0), a, i(n), a, i(n), f(0.0),
+                 c, i(n))
 sys.exit(0 if all(x == n for x in c) else 3)
 """
 
@@ -176,22 +178,31 @@ def probe(command: list[str], key: str, cache: Path | None = None) -> str | None
         code = r.returncode
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"its test could not run ({e})"  # not remembered: may work next time
-    if code == 0:
-        verdict = ""
-    elif code < 0:
-        import signal
-
-        verdict = f"its test multiply was killed by {signal.Signals(-code).name}"
-    else:
-        verdict = f"its test multiply exited with status {code}"
-    if code < 0 and -code == 4:  # SIGILL
-        verdict += " (it was built for CPU instructions this machine lacks)"
-    try:
+    verdict = "" if code == 0 else _why(code)
+    try:  # atomically: a process starting beside us must never read a half-written verdict
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(verdict)
+        fd, tmp = tempfile.mkstemp(dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(verdict)
+        os.replace(tmp, path)
     except OSError:
         pass
     return verdict or None
+
+
+def _why(code: int) -> str:
+    """A failed test's exit status in words."""
+    import signal
+
+    if code >= 0:
+        return f"its test multiply exited with status {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    lacks = " (it was built for CPU instructions this machine lacks)" \
+        if -code == signal.SIGILL else ""
+    return f"its test multiply was killed by {name}{lacks}"
 
 
 def load() -> tuple[str, str]:

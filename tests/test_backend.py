@@ -123,3 +123,4 @@ def test_blas_probe_catches_a_crashing_child_and_remembers_it(tmp_path):
     assert wheel_blas.probe(again, "lib-b", tmp_path) is None and not marker.exists()
     assert "status 3" in wheel_blas.probe([sys.executable, "-c", "raise SystemExit(3)"], "lib-c",
                                           tmp_path)
+    assert all(p.name.startswith("probe-") for p in tmp_path.iterdir())  # no temporary left
