@@ -171,20 +171,25 @@ def budget_table() -> str:
     sizes = sorted({t for g in compared.values() for p in g.values() for t in p})
     rows = []
     for (variant, ref), gaps in compared.items():
-        cells = []
-        for tokens in sizes:
-            at = [p[tokens] for p in gaps.values() if tokens in p]
-            cells.append(f"{mean_std(at, 3, '+')} ({len(at)})" if at else "—")
         fit = fit_trend(gaps, since=0)
-        rows.append(f"| {LABELS[variant]} − {REFERENCES[ref]} | {' | '.join(cells)} | "
+        rows.append(f"| {LABELS[variant]} − {REFERENCES[ref]} | {budget_cells(gaps, sizes)} | "
                     + (f"{fit['b']:+.4f} ± {fit['se_b']:.4f} | {crossing(fit, gaps)} |" if fit
                        else "— | — |"))
     if not rows:
         return ""
-    head = " | ".join(f"gap at {fmt_tokens(t)} (seeds)" for t in sizes)
-    return "\n".join([f"| comparison, at the end of each budget (nats) | {head} | slope per e-fold "
-                      "of budget (± s.e.) | fitted line reaches 0 at |",
+    return "\n".join([f"| comparison, at the end of each budget (nats) | {budget_head(sizes)} | "
+                      "slope per e-fold of budget (± s.e.) | fitted line reaches 0 at |",
                       "|---|" + "---:|" * (len(sizes) + 2)] + rows)
+
+
+def budget_head(sizes: list[int]) -> str:
+    return " | ".join(f"gap at {fmt_tokens(t)} (seeds)" for t in sizes)
+
+
+def budget_cells(gaps: dict[int, dict[int, float]], sizes: list[int]) -> str:
+    """Mean ± std of the seeds' gaps at each budget, and how many seeds."""
+    cells = [[p[t] for p in gaps.values() if t in p] for t in sizes]
+    return " | ".join(f"{mean_std(c, 3, '+')} ({len(c)})" if c else "—" for c in cells)
 
 
 def replicates() -> dict[str, Path]:
@@ -212,13 +217,10 @@ def replicate_table() -> str:
             teacher = sets[name] / "own_teacher.json"
             ppl = f"{json.loads(teacher.read_text())['teacher_val']['ppl']:.1f}" \
                 if teacher.exists() else "—"
-            cells = [[p[t] for p in gaps.values() if t in p] for t in sizes]
             rows.append(f"| {LABELS[variant]} − {REFERENCES[ref]} | {name} | {ppl} | "
-                        + " | ".join(f"{mean_std(c, 3, '+')} ({len(c)})" if c else "—"
-                                     for c in cells) + " |")
+                        f"{budget_cells(gaps, sizes)} |")
     if not rows:
         return ""
-    head = " | ".join(f"gap at {fmt_tokens(t)} (seeds)" for t in sizes)
     pooled = []
     for (variant, ref), per_set in keep.items():  # every run of every set, one line through all
         gaps = {(name, seed): p for name, g in per_set.items() for seed, p in g.items()}
@@ -228,7 +230,7 @@ def replicate_table() -> str:
                           f"({fit['points']} runs): slope {fit['b']:+.4f} ± {fit['se_b']:.4f} "
                           f"per e-fold of budget, fitted line reaches 0 at {crossing(fit, gaps)}")
     return "\n".join([f"| comparison, at the end of each budget (nats) | set | own teacher val "
-                      f"ppl | {head} |", "|---|---|---:|" + "---:|" * len(sizes)] + rows
+                      f"ppl | {budget_head(sizes)} |", "|---|---|---:|" + "---:|" * len(sizes)] + rows
                      + ([""] + pooled if pooled else []))
 
 
