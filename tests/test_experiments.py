@@ -131,6 +131,9 @@ def test_strong_teacher_budgets_pair_the_ends_of_whole_runs(tmp_path, monkeypatc
             **{("replicate", k): {base // 4: g} for k, g in enumerate((0.2, 0.1, 0.0))}}
     fit = report.fit_trend(both, since=0)
     assert f"slope {fit['b']:+.4f} ± {fit['se_b']:.4f}" in pooled
+    assert set(report.set_gaps("cocomix_own", "ntp_base")) == {"first", "replicate"}
+    report.plot_budgets(tmp_path / "both.png")  # both sets in one panel, the pooled line
+    assert (tmp_path / "both.png").stat().st_size > 10_000
 
 
 def test_strong_teacher_budgets_nest_and_refuse_partial_blocks(monkeypatch):

@@ -198,15 +198,22 @@ def replicates() -> dict[str, Path]:
     return {p.name: p for p in sorted(RESULTS.glob("replicate*")) if p.is_dir()}
 
 
+def all_sets() -> dict[str, Path]:
+    """The first set of runs (``results/``) and every replicate, by name."""
+    return {"first": RESULTS, **replicates()}
+
+
+def set_gaps(variant: str, ref: str) -> dict[str, dict[int, dict[int, float]]]:
+    """``{set name: budget_gaps}`` of one comparison in every set."""
+    return {name: budget_gaps(variant, ref, root) for name, root in all_sets().items()}
+
+
 def replicate_table() -> str:
     """The budget gaps of every replicate beside the first set's, with each set's own teacher."""
-    sets = {"first": RESULTS, **replicates()}
+    sets = all_sets()
     if len(sets) == 1:
         return ""
-    compared = {(v, r): {} for r in REFERENCES for v in COMPARED}
-    for name, root in sets.items():
-        for key in compared:
-            compared[key][name] = budget_gaps(*key, root)
+    compared = {(v, r): set_gaps(v, r) for r in REFERENCES for v in COMPARED}
     keep = {k: per_set for k, per_set in compared.items()
             if any(per_set[name] for name in sets if name != "first")}
     sizes = sorted({t for per_set in keep.values() for g in per_set.values() for p in g.values()
@@ -281,31 +288,41 @@ def plot(runs, path: Path) -> None:
 
 
 def plot_budgets(path: Path) -> None:
-    """The paired gap at the end of each budget (dots: seeds, line: mean, dashed: the fitted
-    line, drawn on to where it reaches 0 when that is within 4× the largest budget)."""
+    """The paired gap at the end of each budget, every set of runs (dots: runs, marker: set;
+    line: the set's mean) and one dashed line fitted through all runs of all sets, drawn on to
+    where it reaches 0 when that is within 4× the largest budget."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels: dict[str, dict] = {}
-    for (variant, ref), gaps in budget_comparisons().items():
-        panels.setdefault(ref, {})[variant] = gaps
+    for (variant, ref) in budget_comparisons():
+        panels.setdefault(ref, {})[variant] = set_gaps(variant, ref)
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), sharey=True,
                              squeeze=False)
     for ax, (ref, per_variant) in zip(axes[0], panels.items()):
-        for variant, gaps in per_variant.items():
+        for variant, per_set in per_variant.items():
             color = f"C{COMPARED.index(variant)}"
-            tokens = sorted({t for p in gaps.values() for t in p})
-            for p in gaps.values():
-                ax.plot([t / 1e6 for t in p], list(p.values()), ".", color=color, alpha=0.5)
-            mean = [statistics.mean(p[t] for p in gaps.values() if t in p) for t in tokens]
-            ax.plot([t / 1e6 for t in tokens], mean, "o-", color=color, label=LABELS[variant])
-            fit = fit_trend(gaps, since=0)
+            for (name, gaps), marker in zip(per_set.items(), "osD^v"):
+                if not gaps:
+                    continue
+                tokens = sorted({t for p in gaps.values() for t in p})
+                for p in gaps.values():
+                    ax.plot([t / 1e6 for t in p], list(p.values()), marker, color=color,
+                            alpha=0.4, ms=4)
+                mean = [statistics.mean(p[t] for p in gaps.values() if t in p) for t in tokens]
+                ax.plot([t / 1e6 for t in tokens], mean, marker + "-", color=color,
+                        alpha=1 if name == "first" else 0.6,
+                        label=LABELS[variant] + ("" if len(per_set) == 1 else f", {name} set"))
+            pooled = {(name, seed): p for name, g in per_set.items() for seed, p in g.items()}
+            tokens = sorted({t for p in pooled.values() for t in p})
+            fit = fit_trend(pooled, since=0)
             if fit:
                 end = min(fit["crossing"] or max(tokens), 4 * max(tokens))
                 xs = np.geomspace(min(tokens), max(end, max(tokens)), 50)
-                ax.plot(xs / 1e6, fit["a"] + fit["b"] * np.log(xs), "--", color=color)
+                ax.plot(xs / 1e6, fit["a"] + fit["b"] * np.log(xs), "--", color=color,
+                        label=f"line through all {fit['points']} runs")
         style(ax, f"against {REFERENCES[ref]}", "training tokens of the whole run (M)")
     axes[0][0].set_ylabel("val loss − the reference's at the end (nats)")
     fig.suptitle("paired gap to NTP at the end of runs of each budget")
