@@ -96,12 +96,22 @@ def renamed_gfortran(src: Path, cache: Path) -> Path:
     if end - start < len(GFORTRAN):
         raise OSError(f"{src.name}'s SONAME is too short to rename")
     data[start:end] = GFORTRAN.encode() + b"\0" * (end - start - len(GFORTRAN))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, out)
+    _write_atomic(out, bytes(data))
     return out
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` through a unique temporary sibling and a rename, so a process starting
+    beside this one reads the whole file or none of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _cache_dir() -> Path:
@@ -179,12 +189,8 @@ def probe(command: list[str], key: str, cache: Path | None = None) -> str | None
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"its test could not run ({e})"  # not remembered: may work next time
     verdict = "" if code == 0 else _why(code)
-    try:  # atomically: a process starting beside us must never read a half-written verdict
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(verdict)
-        os.replace(tmp, path)
+    try:  # a process starting beside us must never read a half-written verdict
+        _write_atomic(path, verdict.encode())
     except OSError:
         pass
     return verdict or None

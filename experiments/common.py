@@ -17,6 +17,7 @@ from typing import Callable
 import mlx.core as mx
 
 from cocomix_mlx.config import Config
+from cocomix_mlx.files import write_json
 from cocomix_mlx.models import num_parameters
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
@@ -104,7 +105,7 @@ def check_data(results: Path, data: Path, record: dict | None = None) -> None:
     have = {"identity": data_identity(data, meta), "tokenizer_id": meta.get("tokenizer_id")}
     path = results / "data.json"
     if not path.exists():
-        path.write_text(json.dumps({k: (record or have).get(k) for k in have}, indent=1) + "\n")
+        write_json(path, {k: (record or have).get(k) for k in have})
     want = json.loads(path.read_text())
     if any(want.get(k) is not None and want[k] != v for k, v in have.items()):
         raise SystemExit(f"the runs in {results} were trained on other token shards than {data} "
@@ -116,9 +117,7 @@ def write_result(results: Path, name: str, result: dict, run_dir: Path) -> None:
     """``results/NAME.json`` (atomically) and the run's log as ``results/curves/NAME.jsonl``."""
     (results / "curves").mkdir(parents=True, exist_ok=True)
     shutil.copy(run_dir / "metrics.jsonl", results / "curves" / f"{name}.jsonl")
-    tmp = results / f".{name}.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(results / f"{name}.json")
+    write_json(results / f"{name}.json", result)
 
 
 def run_stages(stages: list[str], table: dict[str, Callable[[], None]], error) -> None:

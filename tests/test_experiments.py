@@ -108,7 +108,8 @@ def test_strong_teacher_budgets_pair_the_ends_of_whole_runs(tmp_path, monkeypatc
     row, = [line for line in table.splitlines() if line.startswith("| CoCoMix, own")]
     assert f"{a + b * math.log(base):+.3f} ± {0.02 / math.sqrt(2):.3f} (2)" in row
     assert report.fmt_tokens(math.exp(-a / b)) in row
-    report.plot_budgets(tmp_path / "budget_gaps.png")  # one panel: no budgets against widened NTP
+    legend = report.plot_budgets(tmp_path / "budget_gaps.png")  # one panel: none vs widened NTP
+    assert legend == ["CoCoMix, own small teacher", "line through all 6 runs"]
     assert (tmp_path / "budget_gaps.png").stat().st_size > 10_000
 
     # a replicate (another tokenizer and own teacher) is tabled beside the first set, never mixed
@@ -132,7 +133,9 @@ def test_strong_teacher_budgets_pair_the_ends_of_whole_runs(tmp_path, monkeypatc
     fit = report.fit_trend(both, since=0)
     assert f"slope {fit['b']:+.4f} ± {fit['se_b']:.4f}" in pooled
     assert set(report.set_gaps("cocomix_own", "ntp_base")) == {"first", "replicate"}
-    report.plot_budgets(tmp_path / "both.png")  # both sets in one panel, the pooled line
+    legend = report.plot_budgets(tmp_path / "both.png")  # both sets in one panel, one line
+    assert legend == ["CoCoMix, own small teacher, first set",
+                      "CoCoMix, own small teacher, replicate set", "line through all 9 runs"]
     assert (tmp_path / "both.png").stat().st_size > 10_000
 
 

@@ -208,6 +208,11 @@ def set_gaps(variant: str, ref: str) -> dict[str, dict[int, dict[int, float]]]:
     return {name: budget_gaps(variant, ref, root) for name, root in all_sets().items()}
 
 
+def pooled(per_set: dict[str, dict[int, dict[int, float]]]) -> dict[tuple[str, int], dict]:
+    """Every run of every set, keyed by (set, seed), for one line through all of them."""
+    return {(name, seed): p for name, g in per_set.items() for seed, p in g.items()}
+
+
 def replicate_table() -> str:
     """The budget gaps of every replicate beside the first set's, with each set's own teacher."""
     sets = all_sets()
@@ -228,17 +233,17 @@ def replicate_table() -> str:
                         f"{budget_cells(gaps, sizes)} |")
     if not rows:
         return ""
-    pooled = []
+    fits = []
     for (variant, ref), per_set in keep.items():  # every run of every set, one line through all
-        gaps = {(name, seed): p for name, g in per_set.items() for seed, p in g.items()}
+        gaps = pooled(per_set)
         fit = fit_trend(gaps, since=0)
         if fit:
-            pooled.append(f"- {LABELS[variant]} − {REFERENCES[ref]}, the sets pooled "
-                          f"({fit['points']} runs): slope {fit['b']:+.4f} ± {fit['se_b']:.4f} "
-                          f"per e-fold of budget, fitted line reaches 0 at {crossing(fit, gaps)}")
+            fits.append(f"- {LABELS[variant]} − {REFERENCES[ref]}, the sets pooled "
+                        f"({fit['points']} runs): slope {fit['b']:+.4f} ± {fit['se_b']:.4f} "
+                        f"per e-fold of budget, fitted line reaches 0 at {crossing(fit, gaps)}")
     return "\n".join([f"| comparison, at the end of each budget (nats) | set | own teacher val "
                       f"ppl | {budget_head(sizes)} |", "|---|---|---:|" + "---:|" * len(sizes)] + rows
-                     + ([""] + pooled if pooled else []))
+                     + ([""] + fits if fits else []))
 
 
 def quality(q: dict) -> str:
@@ -287,10 +292,10 @@ def plot(runs, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_budgets(path: Path) -> None:
+def plot_budgets(path: Path) -> list[str]:
     """The paired gap at the end of each budget, every set of runs (dots: runs, marker: set;
     line: the set's mean) and one dashed line fitted through all runs of all sets, drawn on to
-    where it reaches 0 when that is within 4× the largest budget."""
+    where it reaches 0 when that is within 4× the largest budget. Returns the legends' entries."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,9 +320,9 @@ def plot_budgets(path: Path) -> None:
                 ax.plot([t / 1e6 for t in tokens], mean, marker + "-", color=color,
                         alpha=1 if name == "first" else 0.6,
                         label=LABELS[variant] + ("" if len(per_set) == 1 else f", {name} set"))
-            pooled = {(name, seed): p for name, g in per_set.items() for seed, p in g.items()}
-            tokens = sorted({t for p in pooled.values() for t in p})
-            fit = fit_trend(pooled, since=0)
+            runs = pooled(per_set)
+            tokens = sorted({t for p in runs.values() for t in p})
+            fit = fit_trend(runs, since=0)
             if fit:
                 end = min(fit["crossing"] or max(tokens), 4 * max(tokens))
                 xs = np.geomspace(min(tokens), max(end, max(tokens)), 50)
@@ -328,6 +333,7 @@ def plot_budgets(path: Path) -> None:
     fig.suptitle("paired gap to NTP at the end of runs of each budget")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+    return [label for ax in axes[0] for label in ax.get_legend_handles_labels()[1]]
 
 
 def style(ax, title: str, xlabel: str) -> None:
