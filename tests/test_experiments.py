@@ -139,6 +139,57 @@ def test_strong_teacher_budgets_pair_the_ends_of_whole_runs(tmp_path, monkeypatc
     assert (tmp_path / "both.png").stat().st_size > 10_000
 
 
+def test_trend_crossing_range_is_where_the_confidence_band_holds_zero():
+    """The budgets at which a crossing cannot be ruled out are those where the fitted line's
+    ±z s.e. band (from the covariance of the least-squares coefficients, s²(XᵀX)⁻¹) contains 0,
+    checked on a fine grid ahead of the data's centre."""
+    import math
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("trend", ROOT / "experiments" / "trend.py")
+    trend = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trend)
+    rng = np.random.default_rng(0)
+    budgets = [524_288, 1_048_576, 2_097_152]
+
+    def runs(a, b, noise):
+        return {seed: {t: a + b * math.log(t) + noise * rng.standard_normal() for t in budgets}
+                for seed in range(5)}
+
+    def grid_span(fit, z):
+        x = np.linspace(fit["x_mean"], fit["x_mean"] + 12, 200_001)
+        design = np.array([[1.0, math.log(t)] for g in gaps.values() for t in g])
+        cov = fit["s2"] * np.linalg.inv(design.T @ design)
+        sd = np.sqrt(cov[0, 0] + 2 * x * cov[0, 1] + x * x * cov[1, 1])
+        inside = np.abs(fit["a"] + fit["b"] * x) <= z * sd
+        if not inside.any():
+            return None
+        hit = x[inside]
+        return math.exp(hit[0]), (math.inf if inside[-1] else math.exp(hit[-1]))
+
+    cases = {"steep": (0.9, -0.06, 0.01), "flat": (0.1, -0.002, 0.05), "growing": (-0.5, 0.05, 0.01)}
+    for name, (a, b, noise) in cases.items():
+        gaps = runs(a, b, noise)
+        fit = trend.fit_trend(gaps, since=0)
+        for z in (1.0, 2.0):
+            span, want = trend.crossing_range(fit, z), grid_span(fit, z)
+            if name == "growing":
+                assert span is None and want is None
+                continue
+            assert math.isclose(span[0], want[0], rel_tol=1e-3)
+            assert span[1] == want[1] == math.inf if name == "flat" else \
+                math.isclose(span[1], want[1], rel_tol=1e-3)
+    steep = trend.fit_trend(runs(0.9, -0.06, 0.01), since=0)
+    lo, hi = trend.crossing_range(steep)
+    assert lo < steep["crossing"] < hi and lo > budgets[-1]
+    words = trend.band(steep)
+    assert f"central line at {trend.fmt_tokens(steep['crossing'])}" in words
+    assert f"to {trend.fmt_tokens(hi)} at ±2 s.e." in words
+    flat = trend.fit_trend(runs(0.1, -0.002, 0.05), since=0)
+    assert trend.band(flat).endswith(" on at ±2 s.e.)")
+
+
 def test_strong_teacher_budgets_nest_and_refuse_partial_blocks(monkeypatch):
     """A smaller budget's training blocks are among a larger one's, and a scale that does not
     give whole blocks and steps is refused with one line."""

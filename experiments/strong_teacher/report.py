@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import curve, load_runs, mean_std, paired, write_generated  # noqa: E402
+from trend import FIT_FROM, band, crossing, fit_trend, fmt_tokens  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -31,7 +32,6 @@ LABELS = {
 }
 COMPARED = ("cocomix", "concept_only", "cocomix_own", "ntp_base")  # against each reference
 REFERENCES = {"ntp": "NTP (widened)", "ntp_base": "NTP at d 128"}  # paired, seed by seed
-FIT_FROM = 0.25  # the trend is fitted on the evaluations after this fraction of training
 
 
 def val_curve(variant: str, seed: int) -> dict[int, float]:
@@ -80,30 +80,6 @@ def gap_curves(runs, variant: str, ref: str = "ntp") -> dict[int, dict[int, floa
     return out
 
 
-def fit_trend(gaps: dict[int, dict[int, float]], since: float = FIT_FROM) -> dict | None:
-    """Least squares ``gap = a + b · ln(tokens)`` over every seed's points from ``since`` of the
-    largest token count on; the crossing is where the line reaches 0 (if it heads there)."""
-    points = [(t, g) for per_seed in gaps.values() for t, g in per_seed.items()]
-    if not points:
-        return None
-    last = max(t for t, _ in points)
-    points = [(t, g) for t, g in points if t >= since * last]
-    if len({t for t, _ in points}) < 3:
-        return None
-    x = np.log([t for t, _ in points])
-    y = np.array([g for _, g in points])
-    b, a = np.polyfit(x, y, 1)
-    residual = y - (a + b * x)
-    se_b = math.sqrt(residual @ residual / max(len(x) - 2, 1) / ((x - x.mean()) @ (x - x.mean())))
-    crossing = math.exp(-a / b) if b != 0 and -a / b > x.max() and (a + b * x.max()) * b < 0 \
-        else None
-    return {"a": a, "b": b, "se_b": se_b, "crossing": crossing, "points": len(x)}
-
-
-def fmt_tokens(t: float) -> str:
-    return f"{t / 1e9:.1f}B" if t >= 1e9 else f"{t / 1e6:.1f}M"
-
-
 def table(runs) -> str:
     lines = ["| model | d | params | tokens | seeds | val ppl | Δ ppl vs NTP (paired) | "
              "Δ ppl vs NTP at d 128 (paired) | concept recall (val) | last-word acc % | train min |",
@@ -144,18 +120,6 @@ def trend_table(runs) -> str:
         lines.append(f"| {LABELS[variant]} − {REFERENCES[ref]} | {len(gaps)} | {mean_std(ends, 3, '+')} | "
                      f"{fit['b']:+.4f} ± {fit['se_b']:.4f} | {crossing(fit, gaps)} |")
     return "\n".join(lines)
-
-
-def crossing(fit: dict, gaps: dict[int, dict[int, float]]) -> str:
-    """Where the fitted line reaches 0, in words; nothing when its slope is within two standard
-    errors of 0 (a flat line crosses anywhere)."""
-    if abs(fit["b"]) < 2 * fit["se_b"]:
-        return "— (slope within 2 s.e. of 0)"
-    if fit["crossing"]:
-        return fmt_tokens(fit["crossing"])
-    last = max(max(p) for p in gaps.values())
-    return "already below" if fit["a"] + fit["b"] * math.log(last) < 0 else \
-        "never (gap not shrinking)"
 
 
 def budget_comparisons() -> dict[tuple[str, str], dict[int, dict[int, float]]]:
@@ -240,7 +204,8 @@ def replicate_table() -> str:
         if fit:
             fits.append(f"- {LABELS[variant]} − {REFERENCES[ref]}, the sets pooled "
                         f"({fit['points']} runs): slope {fit['b']:+.4f} ± {fit['se_b']:.4f} "
-                        f"per e-fold of budget, fitted line reaches 0 at {crossing(fit, gaps)}")
+                        f"per e-fold of budget, fitted line reaches 0 at {crossing(fit, gaps)}"
+                        f"{band(fit)}")
     return "\n".join([f"| comparison, at the end of each budget (nats) | set | own teacher val "
                       f"ppl | {budget_head(sizes)} |", "|---|---|---:|" + "---:|" * len(sizes)] + rows
                      + ([""] + fits if fits else []))
