@@ -32,6 +32,12 @@ def fit_trend(gaps: dict[int, dict[int, float]], since: float = FIT_FROM) -> dic
             "s2": float(residual @ residual / max(len(x) - 2, 1))}
 
 
+def line_sd(fit: dict, log_tokens):
+    """Standard error of the fitted line at ln(tokens): s²/n + se_b²·(x − x̄)², rooted."""
+    u = np.asarray(log_tokens) - fit["x_mean"]
+    return np.sqrt(fit["s2"] / fit["points"] + fit["se_b"] ** 2 * u * u)
+
+
 def crossing_range(fit: dict, z: float = 2.0) -> tuple[float, float] | None:
     """The budgets at which the fitted line's ±z s.e. band contains 0 (Fieller's interval for
     the crossing), ahead of the data's centre: ``(first, last)`` in tokens, ``last`` infinite

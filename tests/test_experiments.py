@@ -109,7 +109,7 @@ def test_strong_teacher_budgets_pair_the_ends_of_whole_runs(tmp_path, monkeypatc
     assert f"{a + b * math.log(base):+.3f} ± {0.02 / math.sqrt(2):.3f} (2)" in row
     assert report.fmt_tokens(math.exp(-a / b)) in row
     legend = report.plot_budgets(tmp_path / "budget_gaps.png")  # one panel: none vs widened NTP
-    assert legend == ["CoCoMix, own small teacher", "line through all 6 runs"]
+    assert legend == ["CoCoMix, own small teacher", "line through all 6 runs", "its ±2 s.e. band"]
     assert (tmp_path / "budget_gaps.png").stat().st_size > 10_000
 
     # a replicate (another tokenizer and own teacher) is tabled beside the first set, never mixed
@@ -135,7 +135,8 @@ def test_strong_teacher_budgets_pair_the_ends_of_whole_runs(tmp_path, monkeypatc
     assert set(report.set_gaps("cocomix_own", "ntp_base")) == {"first", "replicate"}
     legend = report.plot_budgets(tmp_path / "both.png")  # both sets in one panel, one line
     assert legend == ["CoCoMix, own small teacher, first set",
-                      "CoCoMix, own small teacher, replicate set", "line through all 9 runs"]
+                      "CoCoMix, own small teacher, replicate set", "line through all 9 runs",
+                      "its ±2 s.e. band"]
     assert (tmp_path / "both.png").stat().st_size > 10_000
 
 
@@ -162,6 +163,7 @@ def test_trend_crossing_range_is_where_the_confidence_band_holds_zero():
         design = np.array([[1.0, math.log(t)] for g in gaps.values() for t in g])
         cov = fit["s2"] * np.linalg.inv(design.T @ design)
         sd = np.sqrt(cov[0, 0] + 2 * x * cov[0, 1] + x * x * cov[1, 1])
+        assert np.allclose(trend.line_sd(fit, x), sd, rtol=1e-9)
         inside = np.abs(fit["a"] + fit["b"] * x) <= z * sd
         if not inside.any():
             return None

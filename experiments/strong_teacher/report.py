@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import curve, load_runs, mean_std, paired, write_generated  # noqa: E402
-from trend import FIT_FROM, band, crossing, fit_trend, fmt_tokens  # noqa: E402
+from trend import FIT_FROM, band, crossing, fit_trend, fmt_tokens, line_sd  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -260,7 +260,8 @@ def plot(runs, path: Path) -> None:
 def plot_budgets(path: Path) -> list[str]:
     """The paired gap at the end of each budget, every set of runs (dots: runs, marker: set;
     line: the set's mean) and one dashed line fitted through all runs of all sets, drawn on to
-    where it reaches 0 when that is within 4× the largest budget. Returns the legends' entries."""
+    where it reaches 0 when that is within 4× the largest budget, with its ±2 s.e. band.
+    Returns the legends' entries."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -291,8 +292,12 @@ def plot_budgets(path: Path) -> list[str]:
             if fit:
                 end = min(fit["crossing"] or max(tokens), 4 * max(tokens))
                 xs = np.geomspace(min(tokens), max(end, max(tokens)), 50)
-                ax.plot(xs / 1e6, fit["a"] + fit["b"] * np.log(xs), "--", color=color,
+                line = fit["a"] + fit["b"] * np.log(xs)
+                ax.plot(xs / 1e6, line, "--", color=color,
                         label=f"line through all {fit['points']} runs")
+                sd = line_sd(fit, np.log(xs))
+                ax.fill_between(xs / 1e6, line - 2 * sd, line + 2 * sd, color=color, alpha=0.12,
+                                lw=0, label="its ±2 s.e. band")
         style(ax, f"against {REFERENCES[ref]}", "training tokens of the whole run (M)")
     axes[0][0].set_ylabel("val loss − the reference's at the end (nats)")
     fig.suptitle("paired gap to NTP at the end of runs of each budget")
