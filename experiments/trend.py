@@ -24,12 +24,20 @@ def fit_trend(gaps: dict[int, dict[int, float]], since: float = FIT_FROM) -> dic
     y = np.array([g for _, g in points])
     b, a = np.polyfit(x, y, 1)
     residual = y - (a + b * x)
-    se_b = math.sqrt(residual @ residual / max(len(x) - 2, 1) / ((x - x.mean()) @ (x - x.mean())))
-    crossing = math.exp(-a / b) if b != 0 and -a / b > x.max() and (a + b * x.max()) * b < 0 \
-        else None
-    return {"a": a, "b": b, "se_b": se_b, "crossing": crossing, "points": len(x),
-            "x_mean": float(x.mean()), "y_mean": float(y.mean()),
-            "s2": float(residual @ residual / max(len(x) - 2, 1))}
+    s2 = float(residual @ residual / max(len(x) - 2, 1))
+    se_b = math.sqrt(s2 / ((x - x.mean()) @ (x - x.mean())))
+    heads_to_zero = b != 0 and -a / b > x.max() and (a + b * x.max()) * b < 0
+    crossing = _tokens(-a / b) if heads_to_zero else math.inf
+    return {"a": a, "b": b, "se_b": se_b, "crossing": None if math.isinf(crossing) else crossing,
+            "points": len(x), "x_mean": float(x.mean()), "y_mean": float(y.mean()), "s2": s2}
+
+
+def _tokens(log_tokens: float) -> float:
+    """exp, infinite past the float range (a line all but flat reaches 0 beyond any budget)."""
+    try:
+        return math.exp(log_tokens)
+    except OverflowError:
+        return math.inf
 
 
 def line_sd(fit: dict, log_tokens):
@@ -39,27 +47,26 @@ def line_sd(fit: dict, log_tokens):
 
 
 def crossing_range(fit: dict, z: float = 2.0) -> tuple[float, float] | None:
-    """The budgets at which the fitted line's ±z s.e. band contains 0 (Fieller's interval for
-    the crossing), ahead of the data's centre: ``(first, last)`` in tokens, ``last`` infinite
-    when the slope is within z s.e. of 0; None when the band leaves 0 behind for good.
+    """The first and the last budget ahead of the data's centre at which the fitted line's ±z
+    s.e. band holds 0 (Fieller's interval for the crossing), in tokens; the last is infinite when
+    the band holds 0 however far ahead (a slope within z s.e. of 0). None when it never does.
 
     With u = ln(tokens) − mean, the line is ȳ + b·u with variance s²/n + se_b²·u², so the band
-    holds 0 where (b² − z²se_b²)u² + 2ȳb·u + ȳ² − z²s²/n ≤ 0."""
+    holds 0 where q(u) = (b² − z²se_b²)u² + 2ȳb·u + ȳ² − z²s²/n ≤ 0."""
     m, b = fit["y_mean"], fit["b"]
-    qa, qb = b * b - (z * fit["se_b"]) ** 2, 2 * m * b
-    qc = m * m - z * z * fit["s2"] / fit["points"]
-    disc = qb * qb - 4 * qa * qc
-    if qa > 0:  # a slope beyond z s.e.: a bounded interval, if any
-        if disc < 0:
-            return None
-        roots = sorted(((-qb - math.sqrt(disc)) / (2 * qa), (-qb + math.sqrt(disc)) / (2 * qa)))
-        if roots[1] < 0:
-            return None
-        return math.exp(fit["x_mean"] + max(roots[0], 0.0)), math.exp(fit["x_mean"] + roots[1])
-    if qc <= 0 or disc < 0:  # 0 inside the band at the centre, or everywhere
-        return math.exp(fit["x_mean"]), math.inf
-    return math.exp(fit["x_mean"] + max((-qb - math.sqrt(disc)) / (2 * qa),
-                                        (-qb + math.sqrt(disc)) / (2 * qa))), math.inf
+    qa, qb, qc = b * b - (z * fit["se_b"]) ** 2, 2 * m * b, m * m - z * z * fit["s2"] / fit["points"]
+    if qa == 0:
+        roots = [] if qb == 0 else [-qc / qb]
+    else:
+        disc = qb * qb - 4 * qa * qc
+        roots = [] if disc < 0 else [(-qb + r) / (2 * qa) for r in (-math.sqrt(disc), math.sqrt(disc))]
+    ahead = sorted(u for u in roots if u > 0)
+    first = 0.0 if qc <= 0 else (ahead[0] if ahead else None)  # q(0) = qc
+    if first is None or math.isinf(_tokens(fit["x_mean"] + first)):
+        return None
+    unbounded = qa < 0 or (qa == 0 and qb <= 0)  # q(u) ≤ 0 for every large u
+    last = math.inf if unbounded else _tokens(fit["x_mean"] + max(ahead, default=first))
+    return _tokens(fit["x_mean"] + first), last
 
 
 def fmt_tokens(t: float) -> str:

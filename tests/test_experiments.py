@@ -180,8 +180,10 @@ def test_trend_crossing_range_is_where_the_confidence_band_holds_zero():
                 assert span is None and want is None
                 continue
             assert math.isclose(span[0], want[0], rel_tol=1e-3)
-            assert span[1] == want[1] == math.inf if name == "flat" else \
-                math.isclose(span[1], want[1], rel_tol=1e-3)
+            if name == "flat":
+                assert span[1] == want[1] == math.inf
+            else:
+                assert math.isclose(span[1], want[1], rel_tol=1e-3)
     steep = trend.fit_trend(runs(0.9, -0.06, 0.01), since=0)
     lo, hi = trend.crossing_range(steep)
     assert lo < steep["crossing"] < hi and lo > budgets[-1]
@@ -190,6 +192,10 @@ def test_trend_crossing_range_is_where_the_confidence_band_holds_zero():
     assert f"to {trend.fmt_tokens(hi)} at ±2 s.e." in words
     flat = trend.fit_trend(runs(0.1, -0.002, 0.05), since=0)
     assert trend.band(flat).endswith(" on at ±2 s.e.)")
+    # the same gap at every budget: a line all but flat, whose crossing lies past the float range
+    level = {seed: {t: 0.1 for t in budgets} for seed in range(3)}
+    fit = trend.fit_trend(level, since=0)
+    assert fit["crossing"] is None and trend.crossing_range(fit) is None and trend.band(fit) == ""
 
 
 def test_strong_teacher_budgets_nest_and_refuse_partial_blocks(monkeypatch):
