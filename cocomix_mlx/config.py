@@ -21,16 +21,23 @@ else:  # pragma: no cover
 
 @dataclass
 class ModelConfig:
-    """GPT-2 backbone shape, with Hugging Face field names."""
+    """The student's shape. ``model_type`` picks the family (``models.FAMILIES``); the other keys
+    are shared by both families, with GPT-2's names, or belong to the Llama family alone."""
 
-    model_type: str = "gpt2"  # architecture family of the checkpoint (gpt2)
+    model_type: str = "gpt2"  # student family: gpt2 (learned positions, LayerNorm, GELU) or llama (RoPE, RMSNorm, SwiGLU, GQA)
     vocab_size: int = 8192  # tokens in the vocabulary (follows the data unless set)
-    n_positions: int = 1024  # context length: learned positions
-    n_embd: int = 256  # width d of the residual stream
+    n_positions: int = 1024  # context length (gpt2: learned positions; llama: max_position_embeddings)
+    n_embd: int = 256  # width d of the residual stream (llama: hidden_size)
     n_layer: int = 6  # number of transformer blocks
-    n_head: int = 8  # attention heads (n_embd must be a multiple)
-    layer_norm_epsilon: float = 1e-5  # LayerNorm epsilon
-    dropout: float = 0.0  # embedding, attention-probability and residual dropout (HF: 0.1)
+    n_head: int = 8  # attention (query) heads
+    n_kv_head: int = 0  # llama: key/value heads, dividing n_head (0: n_head, no grouping)
+    head_dim: int = 0  # llama: width of one head (0: n_embd // n_head)
+    intermediate_size: int = 0  # llama: SwiGLU width (0: 8/3 n_embd rounded up to a multiple of 64)
+    rope_theta: float = 10000.0  # llama: RoPE base
+    qk_norm: bool = False  # llama: RMSNorm on each head's queries and keys (Qwen3)
+    tie_word_embeddings: bool = True  # llama: the head is the embedding (gpt2: always)
+    layer_norm_epsilon: float = 1e-5  # LayerNorm (gpt2) or RMSNorm (llama) epsilon
+    dropout: float = 0.0  # gpt2: embedding, attention-probability and residual dropout (HF: 0.1)
 
 
 @dataclass
@@ -77,6 +84,7 @@ class ConceptConfig:
     concept_num: int = 32  # concepts kept by the TopK before compression (k)
     insert_layer: int = 5  # the concept is mixed in before this block (0-based)
     mixing: str = "interleave"  # "interleave" | "add" (ablation) | "none" (no mixing, ablation)
+    positions: str = "shared"  # RoPE position of a concept slot: "shared" with its token | "consecutive" slots
 
 
 @dataclass
@@ -108,6 +116,8 @@ _RANGES = [
     ("model.vocab_size", 1, None, "positive"), ("model.n_positions", 1, None, "positive"),
     ("model.n_embd", 1, None, "positive"), ("model.n_layer", 1, None, "positive"),
     ("model.n_head", 1, None, "positive"), ("model.layer_norm_epsilon", 0, None, ">= 0"),
+    ("model.n_kv_head", 0, None, ">= 0"), ("model.head_dim", 0, None, ">= 0"),
+    ("model.intermediate_size", 0, None, ">= 0"), ("model.rope_theta", 1e-6, None, "positive"),
     ("model.dropout", 0, 0.999, "in [0, 1)"),
     ("train.seq_len", 1, None, "positive"), ("train.batch_size", 1, None, "positive"),
     ("train.grad_accum", 1, None, "positive"), ("train.steps", 1, None, "positive"),
@@ -134,10 +144,7 @@ def validate(cfg: Config) -> Config:
         if not (math.isfinite(value) and (low is None or value >= low) and
                 (high is None or value <= high)):
             raise ConfigError(f"{key} must be {what}, not {value}")
-    m = cfg.model
-    if m.n_embd % m.n_head:
-        raise ConfigError(f"model.n_head ({m.n_head}) must divide model.n_embd ({m.n_embd})")
-    return cfg
+    return cfg  # the architecture's own checks (heads, head width) are models.family_args'
 
 
 def describe_keys() -> list[tuple[str, str, str]]:

@@ -56,7 +56,7 @@ def make_run(cfg: Optional[Config], data_dir: str | Path, out_dir: str | Path,
     the old directory is removed only once the new run is built. ``model`` starts from given
     weights instead of a fresh initialisation.
     """
-    from .models import build_model
+    from .models import build_model, family_args
     from .objectives import build_objective
     from .trainer import Trainer
 
@@ -73,6 +73,7 @@ def make_run(cfg: Optional[Config], data_dir: str | Path, out_dir: str | Path,
     if cfg is None:
         raise ConfigError("a new run needs a config")
     validate(cfg)
+    family_args(cfg.model)  # the architecture's own checks, before any input is read
     objective = build_objective(cfg, load_meta(data_dir))
     if model is None:
         model = build_model(cfg.model, seed=cfg.train.seed, mode=cfg.train.mode,

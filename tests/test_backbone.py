@@ -120,7 +120,7 @@ def test_unsupported_architecture_is_one_error_naming_the_families():
     args = gemma.ModelArgs(model_type="gemma", hidden_size=32, num_hidden_layers=1,
                            intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
                            head_dim=8, rms_norm_eps=1e-5, vocab_size=61)
-    with pytest.raises(ConfigError, match="supported: gpt2, cocomix and the Llama family"):
+    with pytest.raises(ConfigError, match="supported: our gpt2 and llama students, CoCoMix over either"):
         backbone(gemma.Model(args))
     with pytest.raises(ConfigError, match="unsupported model architecture"):
         backbone(nn.Linear(2, 2))

@@ -65,10 +65,10 @@ def test_last_block_computing_only_the_read_slots_equals_the_whole_block():
     whole block and reading its concept slots."""
     from mlx_lm.models.cache import KVCache
 
-    from cocomix_mlx.models.gpt2 import row_mask
+    from cocomix_mlx.models.base import row_mask
 
     model = cocomix_model(insert=2)
-    m, n = model.model, 4
+    m, n = model, 4
     tokens = mx.array(np.random.default_rng(7).integers(0, 61, (2, 9)))
 
     def forward(tokens, cache, fast):
@@ -95,15 +95,15 @@ def test_last_block_computing_only_the_read_slots_equals_the_whole_block():
     for (name, a), (_, b) in zip(tree_flatten(g_fast), tree_flatten(g_full)):
         assert mx.abs(a - b).max().item() < 1e-5, name
     seen = []  # the last block's MLP runs over the 9 concept slots only, not all 18 slots
-    mlp = m.h[n - 1].mlp
-    m.h[n - 1].mlp = lambda x: seen.append(x.shape[1]) or mlp(x)
+    mlp = m.layers[n - 1].mlp
+    m.layers[n - 1].mlp = lambda x: seen.append(x.shape[1]) or mlp(x)
     model.finish(model.mix(m.run_blocks(m.embed(tokens), 0, 2))[0], 2)
-    m.h[n - 1].mlp = mlp
+    m.layers[n - 1].mlp = mlp
     assert seen == [9]
     x = mx.random.normal((2, 6, 32), key=mx.random.key(3))
     allowed = mx.random.uniform(shape=(6, 6), key=mx.random.key(4)) > 0.3
-    full = m.h[0](x, allowed | mx.eye(6, dtype=mx.bool_))
-    part = m.h[0](x, allowed | mx.eye(6, dtype=mx.bool_), rows=slice(1, None, 2))
+    full = m.layers[0](x, allowed | mx.eye(6, dtype=mx.bool_))
+    part = m.layers[0](x, allowed | mx.eye(6, dtype=mx.bool_), rows=slice(1, None, 2))
     assert mx.abs(part - full[:, 1::2]).max().item() < 1e-5
     kept = range(7)[1::2]  # rows 1, 3, 5 of 7 queries, over 10 keys (3 cached)
     expected = np.arange(10)[None] <= (np.array(list(kept)) + 3)[:, None]

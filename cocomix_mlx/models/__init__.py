@@ -8,41 +8,89 @@ import mlx.nn as nn
 
 from ..config import ConceptConfig, Config, ModelConfig
 from ..errors import ConfigError
-from . import cocomix, gpt2
+from . import cocomix, gpt2, llama
+from .base import init_weights
+
+FAMILIES = {"gpt2": gpt2, "llama": llama}  # student families: model_type -> module
+HF_TYPES = {"gpt2": "gpt2", "llama": "llama", "qwen3": "llama"}  # config.json model_type -> family
+LLAMA_ONLY = ("n_kv_head", "head_dim", "intermediate_size", "rope_theta", "qk_norm",
+              "tie_word_embeddings")
 
 
-def gpt2_args(cfg: ModelConfig) -> gpt2.ModelArgs:
-    return gpt2.ModelArgs(
-        vocab_size=cfg.vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer, n_head=cfg.n_head, layer_norm_epsilon=cfg.layer_norm_epsilon,
-        embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, resid_pdrop=cfg.dropout,
-    )
+def swiglu_width(d: int) -> int:
+    """The default SwiGLU width: 8/3 d rounded up to a multiple of 64 (the parameters of a 4d GELU
+    MLP in three matrices)."""
+    return -(-8 * d // 192) * 64
 
 
-def cocomix_args(cfg: ModelConfig, concept: ConceptConfig, pause: bool = False) -> cocomix.ModelArgs:
-    base = gpt2_args(cfg).__dict__
-    return cocomix.ModelArgs(**base, concept_dim=concept.concept_dim,
-                             concept_num=concept.concept_num, insert_layer=concept.insert_layer,
-                             mixing=concept.mixing, pause=pause)
+def family(model_type: str):
+    """The family module of ``model_type`` (one line naming the supported ones otherwise)."""
+    if model_type not in FAMILIES:
+        raise ConfigError(f"unknown model.model_type {model_type!r}; supported students: "
+                          f"{', '.join(FAMILIES)}")
+    return FAMILIES[model_type]
+
+
+def _llama_fields(cfg: ModelConfig) -> dict[str, Any]:
+    return dict(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head or cfg.n_head,
+        head_dim=cfg.head_dim or None,
+        intermediate_size=cfg.intermediate_size or swiglu_width(cfg.n_embd),
+        max_position_embeddings=cfg.n_positions, rope_theta=cfg.rope_theta,
+        rms_norm_eps=cfg.layer_norm_epsilon, tie_word_embeddings=cfg.tie_word_embeddings,
+        qk_norm=cfg.qk_norm)
+
+
+def _gpt2_fields(cfg: ModelConfig) -> dict[str, Any]:
+    default = ModelConfig()
+    changed = [k for k in LLAMA_ONLY if getattr(cfg, k) != getattr(default, k)]
+    if changed:
+        raise ConfigError(f"model.{changed[0]} is a Llama-family option; GPT-2 students take "
+                          "model.n_embd, n_layer, n_head, n_positions, layer_norm_epsilon, "
+                          "dropout (or set --model.model_type llama)")
+    return dict(vocab_size=cfg.vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd,
+                n_layer=cfg.n_layer, n_head=cfg.n_head, layer_norm_epsilon=cfg.layer_norm_epsilon,
+                embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, resid_pdrop=cfg.dropout)
+
+
+def family_args(cfg: ModelConfig, concept: ConceptConfig | None = None, pause: bool = False):
+    """The family ``ModelArgs`` (Hugging Face names) of ``cfg``; with ``concept``, the CoCoMix
+    model's over that family. Every architectural check is the ``ModelArgs``' own; a failing one
+    is a :class:`ConfigError`."""
+    fam = family(cfg.model_type)
+    if fam is llama and cfg.dropout:
+        raise ConfigError("model.dropout is a GPT-2 option; Llama-family students train without "
+                          "dropout (set it to 0)")
+    fields = _llama_fields(cfg) if fam is llama else _gpt2_fields(cfg)
+    try:
+        if concept is None:
+            return fam.ModelArgs(**fields)
+        block = {name: getattr(concept, name) for name in cocomix.CONCEPT_FIELDS if name != "pause"}
+        if fam is gpt2 and concept.positions != "shared":
+            raise ConfigError("concept.positions is for RoPE students; a GPT-2 concept slot has "
+                              "no position of its own (keep the default)")
+        return cocomix.args_class(fam.ModelArgs)(**fields, **block, pause=pause)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def build_model(cfg: ModelConfig, seed: int = 0, mode: str = "ntp",
                 concept: ConceptConfig | None = None) -> nn.Module:
-    """A freshly initialised model for ``cfg`` (GPT-2 initialisation).
+    """A freshly initialised student of ``cfg``'s family, initialised by parameter name
+    (:func:`base.init_weights`): two models built from one seed share every value they share a
+    name for.
 
-    ``mode`` ``cocomix`` / ``pause`` builds the concept-mixing model of ``models.cocomix``;
-    ``ntp`` and ``kd`` build plain GPT-2.
+    ``mode`` ``cocomix`` / ``pause`` builds the family's concept-mixing model
+    (``models.cocomix``); ``ntp`` and ``kd`` build the plain family model.
     """
+    fam = family(cfg.model_type)
     if mode in ("cocomix", "pause"):
-        try:
-            args = cocomix_args(cfg, concept or ConceptConfig(), pause=mode == "pause")
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        model = cocomix.Model(args)
+        args = family_args(cfg, concept or ConceptConfig(), pause=mode == "pause")
+        model = cocomix.model_class(fam.Model)(args)
     else:
-        args = gpt2_args(cfg)
-        model = gpt2.Model(args)
-    gpt2.init_weights(model, args.n_layer, seed)
+        model = fam.Model(family_args(cfg))
+    init_weights(model, seed)
     return model
 
 
@@ -74,43 +122,57 @@ def widen(cfg: Config, target: int) -> Config:
 
 def hf_config(model: nn.Module) -> dict[str, Any]:
     """The ``config.json`` fields (Hugging Face names) that rebuild ``model``."""
-    a = model.args
-    return {
-        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
-        "vocab_size": a.vocab_size, "n_positions": a.n_positions, "n_ctx": a.n_ctx,
-        "n_embd": a.n_embd, "n_layer": a.n_layer, "n_head": a.n_head,
-        "layer_norm_epsilon": a.layer_norm_epsilon, "embd_pdrop": a.embd_pdrop,
-        "attn_pdrop": a.attn_pdrop, "resid_pdrop": a.resid_pdrop,
-        "activation_function": "gelu_new", "tie_word_embeddings": True,
-        **({"cocomix": a.cocomix_block()} if isinstance(a, cocomix.ModelArgs) else {}),
-    }
+    config = model.hf_config()
+    if isinstance(model, cocomix.Model):
+        config["cocomix"] = model.args.cocomix_block()
+    return config
 
 
 def config_from_hf(config: dict[str, Any]) -> Config:
     """The :class:`config.Config` whose model (and concept architecture) :func:`build_model`
     turns into the model of a checkpoint's ``config.json`` — the inverse of :func:`hf_config`;
     ``train.mode`` is ``cocomix`` / ``pause`` for a CoCoMix checkpoint, else ``ntp``."""
-    if config.get("model_type") != "gpt2":
-        raise ConfigError(f"only GPT-2-family checkpoints carry a training config, not "
+    kind = HF_TYPES.get(config.get("model_type"))
+    if kind is None:
+        raise ConfigError(f"only {', '.join(HF_TYPES)} checkpoints carry a student config, not "
                           f"{config.get('model_type')!r}")
     cfg = Config()
     m = cfg.model
-    for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "layer_norm_epsilon"):
-        setattr(m, name, config[name])
-    m.dropout = config.get("resid_pdrop", 0.0)
+    m.model_type = kind
+    try:
+        args = FAMILIES[kind].ModelArgs.from_dict(config)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"unusable config.json: {e}") from None
+    if kind == "gpt2":
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head",
+                     "layer_norm_epsilon"):
+            setattr(m, name, getattr(args, name))
+        m.dropout = args.resid_pdrop
+    else:
+        m.vocab_size, m.n_positions, m.n_embd = (args.vocab_size, args.max_position_embeddings,
+                                                 args.hidden_size)
+        m.n_layer, m.n_head, m.n_kv_head = (args.num_hidden_layers, args.num_attention_heads,
+                                            args.num_key_value_heads)
+        m.head_dim, m.intermediate_size = args.head_dim, args.intermediate_size
+        m.rope_theta, m.layer_norm_epsilon = args.rope_theta, args.rms_norm_eps
+        m.qk_norm, m.tie_word_embeddings = args.qk_norm, args.tie_word_embeddings
     block = config.get("cocomix")
     if block:
         cfg.train.mode = "pause" if block.get("pause") else "cocomix"
-        for name in ("concept_dim", "concept_num", "insert_layer", "mixing"):
-            setattr(cfg.concept, name, block[name])
+        for name in ("concept_dim", "concept_num", "insert_layer", "mixing", "positions"):
+            if name in block:
+                setattr(cfg.concept, name, block[name])
     return cfg
 
 
 def model_classes(config: dict[str, Any]):
-    """``get_model_classes`` for ``mlx_lm.utils.load_model``: ours for GPT-2, mlx-lm's otherwise."""
-    if config.get("model_type") == "gpt2" and "cocomix" in config:
-        return cocomix.Model, cocomix.ModelArgs
-    if config.get("model_type") == "gpt2":
+    """``get_model_classes`` for ``mlx_lm.utils.load_model``: ours for GPT-2 and for CoCoMix over
+    any student family; mlx-lm's for every other checkpoint (an NTP Llama student included)."""
+    kind = HF_TYPES.get(config.get("model_type"))
+    if kind is not None and "cocomix" in config:
+        fam = FAMILIES[kind]
+        return cocomix.model_class(fam.Model), cocomix.args_class(fam.ModelArgs)
+    if kind == "gpt2":
         return gpt2.Model, gpt2.ModelArgs
     from ..compat import model_classes as mlx_lm_classes
 

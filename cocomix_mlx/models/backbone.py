@@ -1,5 +1,6 @@
-"""One interface over every language model the concept machinery reads: our GPT-2, our CoCoMix
-model, and mlx-lm's Llama-family models (llama and mistral, qwen2, qwen3, olmo2).
+"""One interface over every language model the concept machinery reads: our students (GPT-2 and
+Llama), our CoCoMix model over either, and mlx-lm's Llama-family models (llama and mistral,
+qwen2, qwen3, olmo2).
 
 Attribution labels, SAE training, evaluation and the dictionary, SAE steering, perplexity and
 concept inspection all reach a model through :func:`backbone`; none of them looks inside it.
@@ -16,7 +17,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import ConfigError
-from . import cocomix, gpt2
+from . import cocomix
+from .base import LM, cache_offset
 
 Upper = Callable[[mx.array], mx.array]
 LLAMA_FAMILY = ("llama", "qwen2", "qwen3", "olmo2")  # mlx-lm modules with the Llama block loop
@@ -95,36 +97,36 @@ class Backbone:
         return True
 
 
-class GPT2Backbone(Backbone):
-    def __init__(self, model: gpt2.Model):
+class StudentBackbone(Backbone):
+    """Our student families (``models/base.py``): GPT-2 and Llama."""
+
+    def __init__(self, model: LM):
         super().__init__(model)
-        a = model.args
-        self.width, self.depth, self.context = a.n_embd, a.n_layer, a.n_positions
-        self.vocab = a.vocab_size
-        self.inner = model.model
+        self.width, self.depth, self.context = model.width, model.depth, model.context
+        self.vocab = model.args.vocab_size
 
     @property
     def blocks(self) -> list:
-        return self.inner.h
+        return self.model.layers
 
     def embed(self, tokens, offset=0):
-        return self.inner.embed(tokens, offset)
+        return self.model.embed(tokens, offset)
 
     def offset(self, cache):
-        return gpt2.cache_offset(cache)
+        return cache_offset(cache)
 
     def run(self, h, start, stop, cache=None):
-        return self.inner.run_blocks(h, start, stop, cache)
+        return self.model.run_blocks(h, start, stop, cache)
 
     def norm(self, h):
-        return self.inner.ln_f(h)
+        return self.model.norm(h)
 
     def head(self, h):
         return self.model.logits(h)
 
 
-class CoCoMixBackbone(GPT2Backbone):
-    """Blocks below the insertion point are GPT-2's; the concept is mixed in before block
+class CoCoMixBackbone(StudentBackbone):
+    """Blocks below the insertion point are the family's; the concept is mixed in before block
     ``insert_layer``, and the stream after a later block is read at its concept slots."""
 
     def __init__(self, model: cocomix.Model):
@@ -141,17 +143,21 @@ class CoCoMixBackbone(GPT2Backbone):
     def token_stream(self, layer):
         return layer < self.insert or not self.model.interleaves
 
+    def run_mixed(self, h, start, stop, cache=None):
+        """Blocks ``start..stop-1`` (all past the insertion point) over the mixed stream."""
+        return self.model.run_blocks(h, start, stop, cache, self.model.slots)
+
     def lower(self, tokens, layer, cache=None):
         m, offset = self.model, self.offset(cache)
         h = self.run(self.embed(tokens, offset), 0, min(layer + 1, self.insert), cache)
         if layer < self.insert:
             return h
-        return self.run(m.mix(h, offset)[0], self.insert, layer + 1, cache)
+        return self.run_mixed(m.mix(h, offset)[0], self.insert, layer + 1, cache)
 
     def upper(self, h, layer, cache=None, offset=0):
-        m, run = self.model, self.run
+        m = self.model
         if layer < self.insert:
-            h = m.mix(run(h, layer + 1, self.insert, cache), offset)[0]
+            h = m.mix(self.run(h, layer + 1, self.insert, cache), offset)[0]
             layer = self.insert - 1
         return m.finish(h, layer + 1, cache)
 
@@ -204,10 +210,10 @@ def backbone(model: nn.Module) -> Backbone:
     """The :class:`Backbone` of ``model``; a one-line error for an architecture it does not cover."""
     if isinstance(model, cocomix.Model):
         return CoCoMixBackbone(model)
-    if isinstance(model, gpt2.Model):
-        return GPT2Backbone(model)
+    if isinstance(model, LM):
+        return StudentBackbone(model)
     module = type(model).__module__
     if module.startswith("mlx_lm.models.") and module.rsplit(".", 1)[1] in LLAMA_FAMILY:
         return LlamaBackbone(model)
     raise ConfigError(f"unsupported model architecture '{module.rsplit('.', 1)[-1]}'; supported: "
-                      f"gpt2, cocomix and the Llama family ({', '.join(LLAMA_FAMILY)}, mistral)")
+                      f"our gpt2 and llama students, CoCoMix over either, and mlx-lm's Llama family ({', '.join(LLAMA_FAMILY)}, mistral)")

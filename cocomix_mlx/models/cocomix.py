@@ -1,5 +1,7 @@
-"""CoCoMix language model: GPT-2 plus a concept head whose compressed continuous concept is
-interleaved with the token hidden states (docs/semantics.md), and the paper's pause baseline.
+"""CoCoMix language model over any student family (``models/base.py``): the family's blocks plus
+a concept head whose compressed continuous concept is interleaved with the token hidden states
+(docs/semantics.md), and the paper's pause baseline. The concept path is written once here;
+:func:`model_class` and :func:`args_class` put it over a family's ``Model`` and ``ModelArgs``.
 
 Before block ``insert_layer`` (0-based), for the residual ``h`` (B, T, d):
 
@@ -7,15 +9,17 @@ Before block ``insert_layer`` (0-based), for the residual ``h`` (B, T, d):
 2. ``z_k`` keeps the top-``concept_num`` raw logits per position and zeros the rest.
 3. continuous concept ``c = (compress_layer(z_k) + pre_bias) * std + mu``.
 4. interleave ``[h_1, c_1, h_2, c_2, ...]`` and run the remaining blocks over 2T slots.
-5. next-token logits come from the concept slots: ``ln_f`` → tied LM head.
+5. next-token logits come from the concept slots: final norm → LM head.
 
 Ablations: ``mixing="add"`` adds ``c`` to ``h`` instead of interleaving; ``mixing="none"``
 predicts concepts without mixing them in. ``pause=True`` interleaves one learned vector instead
-of a concept (no concept head).
+of a concept (no concept head). ``positions`` says where a RoPE family places the slots of the
+interleaved stream (``base.SLOT_POSITIONS``); learned positions (GPT-2) give a concept slot none.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -23,7 +27,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..ops import SMALL, standardize, topk_indices
-from . import gpt2
+from .base import SLOT_POSITIONS, LM, cache_offset
 
 MIXINGS = ("interleave", "add", "none")
 
@@ -38,31 +42,57 @@ class Steering:
     end: int = 2**31 - 1
 
 
-@dataclass
-class ModelArgs(gpt2.ModelArgs):
-    concept_dim: int = 32768
-    concept_num: int = 32
-    insert_layer: int = 5
-    mixing: str = "interleave"
-    pause: bool = False
+CONCEPT_FIELDS = ("concept_dim", "concept_num", "insert_layer", "mixing", "pause", "positions")
 
-    def __post_init__(self):
-        super().__post_init__()
-        if not 0 <= self.insert_layer < self.n_layer:
-            raise ValueError(f"insert_layer={self.insert_layer} must be in 0..{self.n_layer - 1}")
-        if self.mixing not in MIXINGS:
-            raise ValueError(f"mixing must be one of {', '.join(MIXINGS)}, not {self.mixing!r}")
-        if not self.pause and not 0 < self.concept_num <= self.concept_dim:
-            raise ValueError(f"concept_num={self.concept_num} must be in 1..{self.concept_dim}")
 
-    @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> "ModelArgs":
-        """Accept a checkpoint ``config.json``: GPT-2 fields plus a ``cocomix`` block."""
-        return super().from_dict({**params, **(params.get("cocomix") or {})})
+@functools.cache
+def args_class(base: type) -> type:
+    """The ``ModelArgs`` of a CoCoMix model over the family whose arguments are ``base``: its
+    fields plus the concept architecture (:data:`CONCEPT_FIELDS`), kept in ``config.json`` as a
+    ``cocomix`` block."""
 
-    def cocomix_block(self) -> dict[str, Any]:
-        return {"concept_dim": self.concept_dim, "concept_num": self.concept_num,
-                "insert_layer": self.insert_layer, "mixing": self.mixing, "pause": self.pause}
+    @dataclass
+    class ModelArgs(base):
+        concept_dim: int = 32768
+        concept_num: int = 32
+        insert_layer: int = 5
+        mixing: str = "interleave"
+        pause: bool = False
+        positions: str = "shared"
+
+        def __post_init__(self):
+            super().__post_init__()
+            if not 0 <= self.insert_layer < self.depth:
+                raise ValueError(f"insert_layer={self.insert_layer} must be in "
+                                 f"0..{self.depth - 1}")
+            if self.mixing not in MIXINGS:
+                raise ValueError(f"mixing must be one of {', '.join(MIXINGS)}, not "
+                                 f"{self.mixing!r}")
+            if self.positions not in SLOT_POSITIONS:
+                raise ValueError(f"positions must be one of {', '.join(SLOT_POSITIONS)}, not "
+                                 f"{self.positions!r}")
+            if not self.pause and not 0 < self.concept_num <= self.concept_dim:
+                raise ValueError(f"concept_num={self.concept_num} must be in "
+                                 f"1..{self.concept_dim}")
+
+        @classmethod
+        def from_dict(cls, params: dict[str, Any]) -> "ModelArgs":
+            """Accept a checkpoint ``config.json``: the family's fields plus a ``cocomix``
+            block."""
+            return super().from_dict({**params, **(params.get("cocomix") or {})})
+
+        def cocomix_block(self) -> dict[str, Any]:
+            return {name: getattr(self, name) for name in CONCEPT_FIELDS}
+
+    ModelArgs.__qualname__ = ModelArgs.__name__ = f"CoCoMix{base.__module__.rsplit('.', 1)[-1]}Args"
+    return ModelArgs
+
+
+@functools.cache
+def model_class(base: type) -> type:
+    """The CoCoMix model over the family whose ``Model`` is ``base``."""
+    name = f"CoCoMix{base.__module__.rsplit('.', 1)[-1]}"
+    return type(name, (Model, base), {"__module__": __name__})
 
 
 def interleave(h: mx.array, c: mx.array) -> mx.array:
@@ -77,10 +107,12 @@ def concept_slots(h: mx.array) -> mx.array:
     return h.reshape(B, T2 // 2, 2, d)[:, :, 1]
 
 
-class Model(gpt2.TiedLM):
-    def __init__(self, args: ModelArgs):
+class Model(LM):
+    """The concept path, mixed into a family's ``Model`` by :func:`model_class`."""
+
+    def __init__(self, args):
         super().__init__(args)
-        d = args.n_embd
+        d = self.width
         if args.pause:
             self.pause = mx.zeros((d,))
         else:
@@ -143,7 +175,7 @@ class Model(gpt2.TiedLM):
     def token_offset(self, cache) -> int:
         """Position of the next token given the cache (slots count twice when block 0 already
         runs over interleaved slots)."""
-        offset = gpt2.cache_offset(cache)
+        offset = cache_offset(cache)
         return offset // 2 if self.interleaves and self.args.insert_layer == 0 else offset
 
     def mix(self, h: mx.array, offset: int = 0,
@@ -183,32 +215,35 @@ class Model(gpt2.TiedLM):
         return not isinstance(self.concept_predictor, nn.QuantizedLinear) and \
             not isinstance(self.compress_layer, nn.QuantizedLinear)
 
+    @property
+    def slots(self) -> Optional[str]:
+        """How the blocks after the insertion point place their stream (``base.LM.run_blocks``)."""
+        return self.args.positions if self.interleaves else None
+
     def readout(self, h: mx.array) -> mx.array:
         """Step 5: the final hidden states of the stream after the last block (its concept slots
-        when interleaved), through ``ln_f``."""
-        return self.model.ln_f(concept_slots(h) if self.interleaves else h)
+        when interleaved), through the final norm."""
+        return self.norm(concept_slots(h) if self.interleaves else h)
 
     def finish(self, h: mx.array, start: int, cache=None) -> mx.array:
         """Blocks ``start`` .. the last over the mixed stream ``h``, then step 5. When
         interleaved, the last block computes only the concept slots the readout reads (the
         token slots' keys and values still enter its cache): the same numbers, for half of
         that block's queries and MLP rows."""
-        m, n = self.model, self.args.n_layer
+        n = self.depth
         if start >= n or not self.interleaves:
-            return self.readout(m.run_blocks(h, start, n, cache))
-        h = m.run_blocks(h, start, n - 1, cache)
-        last = cache[n - 1] if cache is not None else None
-        return m.ln_f(m.h[n - 1](h, "causal", last, rows=slice(1, None, 2)))
+            return self.readout(self.run_blocks(h, start, n, cache, self.slots))
+        return self.norm(self.run_blocks(h, start, n, cache, self.slots, rows=slice(1, None, 2)))
 
     def __call__(self, inputs: mx.array, cache=None, return_concepts: bool = False,
                  steering: Optional[Steering] = None, head: bool = True):
         """Next-token logits (B, T, V) read at the concept slots, and the concept logits ``z``
         (B, T, C) when ``return_concepts`` (None for pause). ``head=False``: the final hidden
-        states after ``ln_f`` in place of the logits."""
-        m, a = self.model, self.args
+        states after the final norm in place of the logits."""
+        insert = self.args.insert_layer
         offset = self.token_offset(cache)
-        h = m.run_blocks(m.embed(inputs, offset), 0, a.insert_layer, cache)
+        h = self.run_blocks(self.embed(inputs, offset), 0, insert, cache)
         h, z = self.mix(h, offset, steering)
-        h = self.finish(h, a.insert_layer, cache)
+        h = self.finish(h, insert, cache)
         out = self.logits(h) if head else h
         return (out, z) if return_concepts else out

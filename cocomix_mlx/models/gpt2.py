@@ -6,17 +6,15 @@ an NTP checkpoint of this model is an mlx-lm checkpoint. Decoding uses mlx-lm ca
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.models.base import BaseModelArgs
-from mlx_lm.models.cache import KVCache
 
 from .. import ops
+from .base import LM, select_rows
 
 
 @dataclass
@@ -39,6 +37,10 @@ class ModelArgs(BaseModelArgs):
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
 
+    @property
+    def depth(self) -> int:
+        return self.n_layer
+
 
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
@@ -59,25 +61,10 @@ class Attention(nn.Module):
         q, k, v = (a.reshape(B, L, self.n_head, -1).transpose(0, 2, 1, 3) for a in (q, k, v))
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        if rows is not None:
-            q = q[:, :, rows]
-            if isinstance(mask, mx.array):
-                mask = mask[..., rows, :]
-            elif mask is not None:
-                mask = row_mask(range(L)[rows], L, k.shape[2])
+        q, mask = select_rows(q, mask, rows, k.shape[2])
         dropout = self.attn_dropout if self.training and self.attn_pdrop > 0 else None
         out = ops.attention(q, k, v, self.scale, mask, dropout)
         return self.c_proj(out.transpose(0, 2, 1, 3).reshape(B, q.shape[2], D))
-
-
-def row_mask(kept: range, queries: int, keys: int) -> Optional[mx.array]:
-    """The causal mask (bottom-right aligned) of the ``kept`` rows of ``queries`` queries over
-    ``keys`` keys; None when only the last query is kept (it sees every key)."""
-    if len(kept) == 1 and kept[0] == queries - 1:
-        return None
-    shift = keys - queries
-    positions = mx.arange(kept.start + shift, kept.stop + shift, kept.step)
-    return positions[:, None] >= mx.arange(keys)[None]
 
 
 class MLP(nn.Module):
@@ -100,8 +87,9 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(args.resid_pdrop)
 
     def __call__(self, x: mx.array, mask: Any = "causal", cache: Any = None,
-                 rows: Optional[slice] = None) -> mx.array:
-        """The block over ``x``; with ``rows``, its output at those positions only."""
+                 rows: Optional[slice] = None, slots: Optional[str] = None) -> mx.array:
+        """The block over ``x``; with ``rows``, its output at those positions only. Positions
+        are learned and added at the embedding, so ``slots`` changes nothing here."""
         a = self.attn(self.ln_1(x), mask, cache, rows)
         x = (x if rows is None else x[:, rows]) + self.dropout(a)
         return x + self.dropout(self.mlp(self.ln_2(x)))
@@ -116,32 +104,28 @@ class GPT2Model(nn.Module):
         self.h = [Block(args) for _ in range(args.n_layer)]
         self.ln_f = nn.LayerNorm(args.n_embd, eps=args.layer_norm_epsilon)
 
-    def embed(self, inputs: mx.array, offset: int = 0) -> mx.array:
-        positions = mx.arange(offset, offset + inputs.shape[1])
-        return self.drop(self.wte(inputs) + self.wpe(positions))
 
-    def run_blocks(self, h: mx.array, start: int, stop: int, cache=None) -> mx.array:
-        """Run blocks ``start..stop-1`` causally over ``h``; ``cache`` is the full per-layer list."""
-        for i in range(start, stop):
-            c = cache[i] if cache is not None else None
-            mask = "causal" if h.shape[1] > 1 else None
-            h = self.h[i](h, mask, c)
-        return h
+class Model(LM):
+    """GPT-2 language model, the head tied to ``wte``."""
 
-
-def cache_offset(cache) -> int:
-    return cache[0].offset if cache is not None and cache[0] is not None else 0
-
-
-class TiedLM(nn.Module):
-    """What every GPT-2-shaped language model here shares: the backbone, the head tied to
-    ``wte``, mlx-lm's loading hooks and KV caches."""
+    NORMS = (".ln_",)
+    RESIDUAL_OUT = ("attn.c_proj.weight", "mlp.c_proj.weight")
 
     def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        self.model_type = args.model_type
+        super().__init__(args)
         self.model = GPT2Model(args)
+        self.width, self.depth, self.context = args.n_embd, args.n_layer, args.n_positions
+
+    @property
+    def layers(self):
+        return self.model.h
+
+    def embed(self, inputs: mx.array, offset: int = 0) -> mx.array:
+        m = self.model
+        return m.drop(m.wte(inputs) + m.wpe(mx.arange(offset, offset + inputs.shape[1])))
+
+    def norm(self, h: mx.array) -> mx.array:
+        return self.model.ln_f(h)
 
     def logits(self, h: mx.array) -> mx.array:
         return self.model.wte.as_linear(h)
@@ -151,37 +135,13 @@ class TiedLM(nn.Module):
         return {k: v for k, v in weights.items()
                 if not (k.endswith(".attn.bias") or k.endswith(".attn.masked_bias"))}
 
-    @property
-    def layers(self):
-        return self.model.h
-
-    def make_cache(self):
-        return [KVCache() for _ in self.model.h]
-
-
-class Model(TiedLM):
-    """GPT-2 language model."""
-
-    def __call__(self, inputs: mx.array, cache=None, head: bool = True) -> mx.array:
-        """Next-token logits (B, T, V); with ``head=False`` the final hidden states (B, T, d)
-        after ``ln_f`` that the head reads."""
-        m = self.model
-        h = m.ln_f(m.run_blocks(m.embed(inputs, cache_offset(cache)), 0, len(m.h), cache))
-        return self.logits(h) if head else h
-
-
-def init_weights(model: nn.Module, n_layer: int, seed: int = 0) -> None:
-    """GPT-2 initialisation: N(0, 0.02) weights and embeddings, zero biases, unit LayerNorms,
-    residual output projections scaled by 1/sqrt(2 n_layer)."""
-    params = tree_flatten(model.parameters())
-    keys = mx.random.split(mx.random.key(seed), len(params))
-    new = []
-    for key, (name, p) in zip(keys, params):
-        is_norm = ".ln_" in name or name.startswith("ln_")
-        if name.endswith("bias") or is_norm:
-            value = mx.ones_like(p) if is_norm and name.endswith("weight") else mx.zeros_like(p)
-        else:
-            std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("c_proj.weight") else 0.02
-            value = std * mx.random.normal(p.shape, key=key)
-        new.append((name, value.astype(p.dtype)))
-    model.update(tree_unflatten(new))
+    def hf_config(self) -> dict[str, Any]:
+        a = self.args
+        return {
+            "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": a.vocab_size, "n_positions": a.n_positions, "n_ctx": a.n_ctx,
+            "n_embd": a.n_embd, "n_layer": a.n_layer, "n_head": a.n_head,
+            "layer_norm_epsilon": a.layer_norm_epsilon, "embd_pdrop": a.embd_pdrop,
+            "attn_pdrop": a.attn_pdrop, "resid_pdrop": a.resid_pdrop,
+            "activation_function": "gelu_new", "tie_word_embeddings": True,
+        }
