@@ -53,7 +53,7 @@ def _show(title: str, summary: dict) -> None:
     table = Table(title=title, show_header=False)
     for key, value in summary.items():
         if key != "config":
-            table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+            table.add_row(key, f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
     console.print(table)
 
 
@@ -83,6 +83,23 @@ def convert_cocomix(src: str = SRC, out: Path = OUT, force: bool = FORCE,
 
     _show("converted CoCoMix", run(_source(src, revision), out, concept_num, insert_layer,
                                    sae_layer, force, dtype))
+    _maybe_quantize(out, quantize, q_group_size)
+    _upload(out, upload_repo)
+
+
+@convert_app.command("llama")
+def convert_llama(src: str = SRC, out: Path = OUT, force: bool = FORCE,
+                  concept_num: Optional[int] = typer.Option(None, "--concept-num"),
+                  insert_layer: Optional[int] = typer.Option(None, "--insert-layer"),
+                  dtype: str = typer.Option("float32", "--dtype"),
+                  quantize: Optional[int] = QUANTIZE, q_group_size: int = GROUP,
+                  revision: Optional[str] = REVISION, upload_repo: Optional[str] = UPLOAD):
+    """A Hugging Face Llama / Qwen3 directory (from `export llama`, or any without RoPE scaling
+    and biases) → our Llama student checkpoint, CoCoMix when it holds a concept head."""
+    from cocomix_mlx.convert_llama import convert_llama as run
+
+    _show("converted Llama", run(_source(src, revision), out, force, dtype, concept_num,
+                                 insert_layer))
     _maybe_quantize(out, quantize, q_group_size)
     _upload(out, upload_repo)
 
@@ -169,3 +186,12 @@ def export_cocomix(src: Path = SRC, out: Path = OUT, force: bool = FORCE):
     from cocomix_mlx.convert import export_cocomix as run
 
     _show("exported CoCoMix", run(src, out, force))
+
+
+@export_app.command("llama")
+def export_llama(src: Path = SRC, out: Path = OUT, force: bool = FORCE):
+    """Our Llama student (NTP or CoCoMix) → a Hugging Face LlamaForCausalLM directory (the
+    concept head beside it, as `export cocomix` lays it out)."""
+    from cocomix_mlx.convert_llama import export_llama as run
+
+    _show("exported Llama", run(src, out, force))

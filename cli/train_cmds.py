@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from cocomix_mlx.config import PRESETS
+
 from .common import console, fail, step_progress, warn_if_slow_blas
 
 MODES = "ntp, cocomix, kd, pause"
@@ -17,7 +19,7 @@ def pretrain(
     data: Path = typer.Option(..., "--data", help="Token shards from `cocomix data prepare`."),
     out: Path = typer.Option(..., "--out", help="Run/checkpoint directory."),
     mode: Optional[str] = typer.Option(None, "--mode", help=f"Objective: {MODES} (default ntp)."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Named config, e.g. tiny."),
+    preset: Optional[str] = typer.Option(None, "--preset", help=f"Named config: {', '.join(PRESETS)}."),
     config: Optional[Path] = typer.Option(None, "--config", help="A TOML config file."),
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="Frozen teacher (cocomix, kd)."),
     sae: Optional[Path] = typer.Option(None, "--sae", help="SAE on the teacher's layer (cocomix)."),
@@ -62,8 +64,10 @@ def pretrain(
     trainer = make_run(cfg, data, out, resume=resume, force=force)
     if trainer.rank == 0:
         n_params = num_parameters(trainer.model)
-        console.print(f"[bold]{cfg.train.mode}[/] model: {n_params / 1e6:.2f}M parameters, "
-                      f"d={cfg.model.n_embd} L={cfg.model.n_layer} H={cfg.model.n_head} "
+        m = cfg.model
+        heads = f"H={m.n_head}" + (f"/{m.n_kv_head}" if m.n_kv_head not in (0, m.n_head) else "")
+        console.print(f"[bold]{cfg.train.mode}[/] {m.model_type} model: {n_params / 1e6:.2f}M "
+                      f"parameters, d={m.n_embd} L={m.n_layer} {heads} "
                       f"V={cfg.model.vocab_size}; {cfg.train.steps} steps of "
                       f"{cfg.train.batch_size * cfg.train.grad_accum}x{cfg.train.seq_len} tokens")
     run_training(trainer)

@@ -216,6 +216,30 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": dict(seq_len=1024, batch_size=8, lr=2e-4),
     },
 }
+# Llama-family students: the study's CPU shape, the paper's 69M budget (NTP at 68.5M parameters,
+# CoCoMix at the width of cocomix-69m) and SmolLM2-135M's exact shape; each with its CoCoMix twin.
+_LLAMA = dict(model_type="llama", n_layer=8)
+_TINY_TRAIN = dict(seq_len=256, batch_size=8, lr=1e-3, steps=600, eval_every=100, save_every=200)
+_SMOL = dict(model_type="llama", vocab_size=49152, n_embd=576, n_layer=30, n_head=9, n_kv_head=3,
+             intermediate_size=1536, rope_theta=100000.0, n_positions=2048)
+_SMOL_TRAIN = dict(seq_len=2048, batch_size=4, lr=3e-4)
+PRESETS.update({
+    "llama-tiny": {"model": dict(_LLAMA, n_embd=128, n_head=4, n_kv_head=2, n_positions=256),
+                   "train": _TINY_TRAIN},
+    "cocomix-llama-tiny": {
+        "model": dict(_LLAMA, n_embd=128, n_head=4, n_kv_head=2, n_positions=256),
+        "train": dict(_TINY_TRAIN, mode="cocomix"),
+        "concept": dict(concept_dim=4096, insert_layer=3), "objective": dict(sae_layer=3)},
+    "llama-69m": {"model": dict(_LLAMA, vocab_size=50257, n_embd=640, n_head=8, n_kv_head=4, **_CTX),
+                  "train": dict(seq_len=1024, batch_size=8, lr=6e-4)},
+    "cocomix-llama-69m": {
+        "model": dict(_LLAMA, vocab_size=50257, n_embd=512, n_head=8, n_kv_head=4, **_CTX),
+        "train": dict(mode="cocomix", seq_len=1024, batch_size=8, lr=6e-4),
+        "concept": dict(insert_layer=3)},
+    "smollm2-135m": {"model": _SMOL, "train": _SMOL_TRAIN},
+    "cocomix-smollm2-135m": {"model": _SMOL, "train": dict(_SMOL_TRAIN, mode="cocomix"),
+                             "concept": dict(insert_layer=5)},
+})
 
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}

@@ -209,11 +209,11 @@ def _summary(model, out: Path) -> dict[str, Any]:
         raise CheckpointError(f"verification failed: {out} lacks tensors")
     dtypes = sorted({str(v.dtype).replace("mlx.core.", "") for v in mine.values()})
     return {"path": str(out), "tensors": len(mine), "parameters": sum(v.size for v in mine.values()),
-            "dtype": ", ".join(dtypes), "tied_head": True, "model": type(loaded).__module__,
+            "dtype": ", ".join(dtypes), "tied_head": "lm_head.weight" not in mine, "model": type(loaded).__module__,
             "config": config}
 
 
-def _write_checkpoint(model, out: Path, tokenizer_src: Optional[Path],
+def write_checkpoint(model, out: Path, tokenizer_src: Optional[Path],
                       extra: dict[str, Any]) -> dict[str, Any]:
     """Write ``model`` as a checkpoint in ``out``, verified (:func:`_summary`) before it moves
     into place; returns the summary."""
@@ -232,7 +232,9 @@ def _write_checkpoint(model, out: Path, tokenizer_src: Optional[Path],
             "path": str(out)}
 
 
-def _build(args_cls, model_cls, config: dict[str, Any], weights: dict[str, mx.array], dtype: str):
+def build_from(args_cls, model_cls, config: dict[str, Any], weights: dict[str, mx.array],
+               dtype: str):
+    """``model_cls(args_cls(**config))`` holding exactly ``weights`` (cast to ``dtype``)."""
     try:
         model = model_cls(args_cls(**config))
     except (TypeError, ValueError) as e:
@@ -240,12 +242,13 @@ def _build(args_cls, model_cls, config: dict[str, Any], weights: dict[str, mx.ar
     try:
         model.load_weights(list(_float(weights, getattr(mx, dtype)).items()), strict=True)
     except ValueError as e:
-        raise CheckpointError(f"the tensors do not fit a GPT-2 of this config: {e}") from None
+        raise CheckpointError(f"the tensors do not fit a {config.get('model_type', 'model')} "
+                              f"of this config: {e}") from None
     mx.eval(model.parameters())
     return model
 
 
-def _source_dir(src: Path) -> Path:
+def source_dir(src: Path) -> Path:
     return src if src.is_dir() else src.parent
 
 
@@ -257,15 +260,15 @@ def convert_gpt2(src: str | Path, out: str | Path, force: bool = False,
 
     src, out = Path(src), Path(out)
     refuse_existing(out, force, inputs=(src,))
-    config = hf_gpt2_config(read_json(_source_dir(src) / "config.json"))
+    config = hf_gpt2_config(read_json(source_dir(src) / "config.json"))
     weights = gpt2_weights_from_hf(load_tensors(src), config["n_layer"])
-    model = _build(gpt2.ModelArgs, gpt2.Model, config, weights, dtype)
-    return _write_checkpoint(model, out, _source_dir(src), {})
+    model = build_from(gpt2.ModelArgs, gpt2.Model, config, weights, dtype)
+    return write_checkpoint(model, out, source_dir(src), {})
 
 
 def read_run_yaml(src: Path) -> dict[str, Any]:
     """``key: value`` scalars of the official run's ``config.yaml`` beside ``src`` or its parent."""
-    for path in (_source_dir(src) / "config.yaml", _source_dir(src).parent / "config.yaml"):
+    for path in (source_dir(src) / "config.yaml", source_dir(src).parent / "config.yaml"):
         if path.exists():
             values = {}
             for line in path.read_text(encoding="utf-8").splitlines():
@@ -282,11 +285,11 @@ def convert_cocomix(src: str | Path, out: str | Path, concept_num: Optional[int]
     """An official CoCoMix checkpoint (GPT-2 keys + ``transformer.pre_bias``,
     ``concept_predictor``, ``compress_layer``) → our CoCoMix checkpoint."""
     from .files import read_json
-    from .models import cocomix
+    from .models import cocomix, gpt2
 
     src, out = Path(src), Path(out)
     refuse_existing(out, force, inputs=(src,))
-    config = hf_gpt2_config(read_json(_source_dir(src) / "config.json"))
+    config = hf_gpt2_config(read_json(source_dir(src) / "config.json"))
     run = read_run_yaml(src)
     weights = gpt2_weights_from_hf(load_tensors(src), config["n_layer"])
     missing = [k for k in CONCEPT_KEYS if k not in weights]
@@ -306,11 +309,12 @@ def convert_cocomix(src: str | Path, out: str | Path, concept_num: Optional[int]
     config.update(concept_dim=int(weights["concept_predictor.weight"].shape[0]),
                   concept_num=pick(concept_num, "concept_num"),
                   insert_layer=pick(insert_layer, "insert_layer_index"))
-    model = _build(cocomix.ModelArgs, cocomix.Model, config, weights, dtype)
+    model = build_from(cocomix.args_class(gpt2.ModelArgs), cocomix.model_class(gpt2.Model),
+                       config, weights, dtype)
     sae = sae_layer if sae_layer is not None else run.get("sae_layer_index")
     extra = {"cocomix": {**model.args.cocomix_block(),
                          **({"sae_layer": int(sae)} if sae is not None else {})}}
-    return _write_checkpoint(model, out, _source_dir(src), extra)
+    return write_checkpoint(model, out, source_dir(src), extra)
 
 
 # ---- export -----------------------------------------------------------------------------------
