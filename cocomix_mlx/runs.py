@@ -73,7 +73,8 @@ def make_run(cfg: Optional[Config], data_dir: str | Path, out_dir: str | Path,
     if cfg is None:
         raise ConfigError("a new run needs a config")
     validate(cfg)
-    family_args(cfg.model)  # the architecture's own checks, before any input is read
+    mixing = cfg.train.mode in ("cocomix", "pause")  # the architecture's checks come first
+    family_args(cfg.model, cfg.concept if mixing else None, pause=cfg.train.mode == "pause")
     objective = build_objective(cfg, load_meta(data_dir))
     if model is None:
         model = build_model(cfg.model, seed=cfg.train.seed, mode=cfg.train.mode,
