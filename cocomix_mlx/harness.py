@@ -84,8 +84,8 @@ def harness_lm(model, tokenizer, batch_size: int = 8, max_gen_toks: int = 256,
                 logprobs = logits - mx.logsumexp(logits, -1, keepdims=True)
                 totals, greedy = [], []
                 for row, i in enumerate(ids):
-                    cont = pairs[i][1]
-                    end = len(rows[row])
+                    end = len(rows[row])  # a continuation longer than the window: its last
+                    cont = pairs[i][1][-end:]  # end tokens, all the window can predict
                     lp = logprobs[row, end - len(cont):end]
                     target = mx.array(cont)
                     totals.append(mx.take_along_axis(lp, target[:, None], -1).sum())

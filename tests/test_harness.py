@@ -155,3 +155,22 @@ def test_cli_harness_on_a_cocomix_model_steered_and_compared(tasks, tmp_path, mo
     r = cocomix("eval", "harness", "--model", ROOT / "weights" / "ntp", "--tasks", "nope_task")
     assert r.returncode == 2 and "unknown lm-eval task" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_continuation_longer_than_the_context_is_scored_on_what_the_window_predicts():
+    """Context 128, a 200-token continuation: the window holds its last 128 tokens, and those
+    are what the score sums (it once sliced past the row's start and failed to broadcast)."""
+    import mlx.core as mx
+
+    from cocomix_mlx.checkpoint import load
+    from cocomix_mlx.harness import harness_lm
+
+    model, tokenizer = load(ROOT / "weights" / "ntp")
+    lm = harness_lm(model, tokenizer, batch_size=2)
+    cont = [(7 * i) % 4000 + 5 for i in range(200)]
+    (total, _), (short, _) = lm._score([([3, 4], cont), ([3, 4], cont[:10])])
+    window = ([3, 4] + cont)[-129:]
+    logits = model(mx.array([window[:-1]])).astype(mx.float32)[0]
+    logprobs = logits - mx.logsumexp(logits, -1, keepdims=True)
+    expected = mx.take_along_axis(logprobs, mx.array(window[1:])[:, None], -1).sum().item()
+    assert total == pytest.approx(expected, rel=1e-5) and short > total
