@@ -1,4 +1,5 @@
-"""One data-parallel training step; run directly (1 process) or under ``mlx.launch -n 2``.
+"""One data-parallel training step; run directly (1 process) or under ``mlx.launch -n 2``;
+argv[2] names the student family (gpt2, the default, or llama).
 
 Writes the updated parameters and the loss (rank 0 only) to the path given as argv[1].
 """
@@ -18,7 +19,9 @@ from cocomix_mlx.trainer import compile_steps, make_optimizer
 
 group = mx.distributed.init()
 rank, world = group.rank(), group.size()
-mcfg = ModelConfig(vocab_size=101, n_positions=16, n_embd=32, n_layer=2, n_head=4)
+family = sys.argv[2] if len(sys.argv) > 2 else "gpt2"
+mcfg = ModelConfig(vocab_size=101, n_positions=16, n_embd=32, n_layer=2, n_head=4,
+                   model_type=family, n_kv_head=2 if family == "llama" else 0)
 tcfg = TrainConfig(batch_size=4, seq_len=16, steps=10, lr=1e-2)
 model = build_model(mcfg, seed=0)
 optimizer = make_optimizer(tcfg)

@@ -93,14 +93,27 @@ def finish(data, out, *extra) -> None:
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
 
-def test_sigkill_at_random_moments_then_resume_gives_the_same_losses(mobydick_data, reference,
-                                                                     tmp_path):
+LLAMA = ["--model.model_type", "llama", "--model.n_kv_head", "1"]
+
+
+@pytest.fixture(scope="module")
+def llama_reference(mobydick_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("faults") / "straight-llama"
+    r = pretrain(mobydick_data, out, *LLAMA)
+    assert r.returncode == 0, r.stderr
+    return losses(out)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_sigkill_at_random_moments_then_resume_gives_the_same_losses(mobydick_data, request,
+                                                                     tmp_path, family):
     """Four kills at random times after training started (saves happen every step, so some
     land inside a save), each followed by --resume; then the run is finished."""
     rng = random.Random(1234)
     out = tmp_path / "run"
+    extra = LLAMA if family == "llama" else []
     for attempt in range(4):
-        proc = pretrain(mobydick_data, out, *(["--resume"] if out.exists() else []),
+        proc = pretrain(mobydick_data, out, *(["--resume"] if out.exists() else extra),
                         background=True)
         deadline = time.time() + 300
         while not (out / "metrics.jsonl").exists() and proc.poll() is None:
@@ -111,7 +124,10 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_losses(mobydick_da
         proc.wait()
         if not (out.exists() or (tmp_path / ".run.old").exists()):
             break  # killed before the first save: the next attempt starts afresh
+    if not out.exists():
+        assert pretrain(mobydick_data, out, *extra).returncode == 0
     finish(mobydick_data, out)
+    reference = request.getfixturevalue("llama_reference" if family == "llama" else "reference")
     assert losses(out) == reference
 
 

@@ -76,11 +76,13 @@ def assert_resume_is_bit_exact(config, data, tmp_path):
         assert part[step] == full[step], (step, part[step], full[step])
 
 
-@pytest.mark.parametrize("grad_accum,dropout", [(1, 0.0), (2, 0.1)])
-def test_resume_is_bit_exact(mobydick_data, tmp_path, grad_accum, dropout):
+@pytest.mark.parametrize("grad_accum,dropout,family", [(1, 0.0, "gpt2"), (2, 0.1, "gpt2"),
+                                                       (2, 0.0, "llama")])
+def test_resume_is_bit_exact(mobydick_data, tmp_path, grad_accum, dropout, family):
     def config():
         cfg = small_config(6, save_every=3, eval_every=3, grad_accum=grad_accum)
-        cfg.model.dropout = dropout
+        cfg.model.dropout, cfg.model.model_type = dropout, family
+        cfg.model.n_kv_head = 2 if family == "llama" else 0
         return cfg
 
     assert_resume_is_bit_exact(config, mobydick_data, tmp_path)
