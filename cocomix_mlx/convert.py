@@ -318,9 +318,31 @@ def convert_cocomix(src: str | Path, out: str | Path, concept_num: Optional[int]
 
 
 # ---- export -----------------------------------------------------------------------------------
-def _export(src: Path, out: Path, force: bool, want_cocomix: bool) -> tuple[Any, dict]:
+def write_export(tmp: Path, src: Path, weights: dict[str, mx.array], hf: dict[str, Any],
+                 block: Optional[dict[str, Any]], positions: bool = False) -> None:
+    """An exported directory: the tokenizer of ``src`` (if any), float32 weights in PyTorch's
+    safetensors flavour, ``config.json``, and for a CoCoMix ``block`` the official run's
+    ``config.yaml`` (``positions``: with the slot-position rule of a RoPE student)."""
     from .checkpoint import copy_tokenizer
 
+    try:
+        copy_tokenizer(src, tmp)
+    except CheckpointError:
+        pass
+    if block:
+        lines = [f"concept_dim: {block['concept_dim']}", f"concept_num: {block['concept_num']}",
+                 f"insert_layer_index: {block['insert_layer']}"]
+        if positions:
+            lines.append(f"concept_positions: {block.get('positions', 'shared')}")
+        if "sae_layer" in block:
+            lines.append(f"sae_layer_index: {block['sae_layer']}")
+        (tmp / "config.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    save_weights(tmp / "model.safetensors", {k: v.astype(mx.float32) for k, v in weights.items()},
+                 fmt="pt")
+    write_json(tmp / "config.json", hf)
+
+
+def _export(src: Path, out: Path, force: bool, want_cocomix: bool) -> tuple[Any, dict]:
     refuse_existing(out, force, inputs=(src,))
     model, config = load_model(src)
     if ("cocomix" in config) != want_cocomix or config.get("model_type") != "gpt2":
@@ -336,24 +358,9 @@ def _export(src: Path, out: Path, force: bool, want_cocomix: bool) -> tuple[Any,
                                     "eos_token_id") if k in config},
           "embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0}
 
-    def write(tmp: Path) -> None:
-        try:
-            copy_tokenizer(src, tmp)
-        except CheckpointError:
-            pass
-        if want_cocomix:
-            weights["lm_head.weight"] = weights["transformer.wte.weight"]
-            c = config["cocomix"]
-            lines = [f"concept_dim: {c['concept_dim']}", f"concept_num: {c['concept_num']}",
-                     f"insert_layer_index: {c['insert_layer']}"]
-            if "sae_layer" in c:
-                lines.append(f"sae_layer_index: {c['sae_layer']}")
-            (tmp / "config.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        save_weights(tmp / "model.safetensors",
-                     {k: v.astype(mx.float32) for k, v in weights.items()}, fmt="pt")
-        write_json(tmp / "config.json", hf)
-
-    atomic_directory(out, write)
+    if want_cocomix:
+        weights["lm_head.weight"] = weights["transformer.wte.weight"]
+    atomic_directory(out, lambda tmp: write_export(tmp, src, weights, hf, config.get("cocomix")))
     return model, {"path": str(out), "tensors": len(weights),
                    "parameters": sum(v.size for v in weights.values())}
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from .checkpoint import copy_tokenizer, load_model
+from .checkpoint import load_model
 from .convert import (CONCEPT_KEYS, build_from, load_tensors, read_run_yaml, source_dir,
-                      write_checkpoint)
+                      write_checkpoint, write_export)
 from .errors import CheckpointError, ConfigError
-from .files import atomic_directory, read_json, refuse_existing, save_weights, write_json
+from .files import atomic_directory, read_json, refuse_existing
 
 HF_TYPES = ("llama", "qwen3")
 UNSUPPORTED = {"rope_scaling": None, "attention_bias": False, "mlp_bias": False,
@@ -41,29 +40,13 @@ def export_llama(src: str | Path, out: str | Path, force: bool = False) -> dict[
                           "for GPT-2)")
     if "quantization" in config:
         raise ConfigError(f"{src} is quantized; export the full-precision checkpoint")
-    weights = {("model." + k if k.startswith(CONCEPT_KEYS) else k): v.astype(mx.float32)
+    block = config.get("cocomix")
+    if block and block.get("pause"):
+        raise ConfigError(f"{src} is a pause model; only CoCoMix and NTP students export")
+    weights = {("model." + k if k.startswith(CONCEPT_KEYS) else k): v
                for k, v in tree_flatten(model.parameters())}
     hf = {k: v for k, v in config.items() if k not in ("cocomix", "quantization")}
-    block = config.get("cocomix")
-
-    def write(tmp: Path) -> None:
-        try:
-            copy_tokenizer(src, tmp)
-        except CheckpointError:
-            pass
-        if block:
-            lines = [f"concept_dim: {block['concept_dim']}", f"concept_num: {block['concept_num']}",
-                     f"insert_layer_index: {block['insert_layer']}",
-                     f"concept_positions: {block.get('positions', 'shared')}"]
-            if block.get("pause"):
-                raise ConfigError(f"{src} is a pause model; only CoCoMix and NTP students export")
-            if "sae_layer" in block:
-                lines.append(f"sae_layer_index: {block['sae_layer']}")
-            (tmp / "config.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        save_weights(tmp / "model.safetensors", weights, fmt="pt")
-        write_json(tmp / "config.json", hf)
-
-    atomic_directory(out, write)
+    atomic_directory(out, lambda tmp: write_export(tmp, src, weights, hf, block, positions=True))
     return {"path": str(out), "tensors": len(weights),
             "parameters": sum(v.size for v in weights.values()),
             "architecture": hf["architectures"][0], "cocomix": bool(block)}
