@@ -174,7 +174,7 @@ def test_llama_teacher_labels_a_llama_student(tmp_path):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["--n-kv-head", "3"], "not divisible by num_key_value_heads=3"),
+    (["--n-kv-head", "3"], "model.n_kv_head (3) must divide model.n_head (4)"),
     (["--head-dim", "7"], "head_dim=7 is odd"),
     (["--insert-layer", "8", "--mode", "cocomix"], "insert_layer=8 must be in 0..3"),
     (["--dropout", "0.1"], "model.dropout is a GPT-2 option"),

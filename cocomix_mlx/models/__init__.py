@@ -62,6 +62,12 @@ def family_args(cfg: ModelConfig, concept: ConceptConfig | None = None, pause: b
     if fam is llama and cfg.dropout:
         raise ConfigError("model.dropout is a GPT-2 option; Llama-family students train without "
                           "dropout (set it to 0)")
+    if not cfg.head_dim and cfg.n_embd % cfg.n_head:
+        raise ConfigError(f"model.n_head ({cfg.n_head}) must divide model.n_embd ({cfg.n_embd})"
+                          + ("; or set model.head_dim" if fam is llama else ""))
+    if cfg.n_kv_head and cfg.n_head % cfg.n_kv_head:
+        raise ConfigError(f"model.n_kv_head ({cfg.n_kv_head}) must divide model.n_head "
+                          f"({cfg.n_head}): each key/value head serves a group of query heads")
     fields = _llama_fields(cfg) if fam is llama else _gpt2_fields(cfg)
     try:
         if concept is None:
