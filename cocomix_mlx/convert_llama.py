@@ -66,10 +66,19 @@ def llama_config(config: dict[str, Any], src: Path) -> dict[str, Any]:
             raise ConfigError(f"{src}: {key}={config[key]!r} is not supported by the Llama "
                               f"student (it takes {key}={plain!r}); load the model for "
                               "inference instead, e.g. as a teacher")
+    rope = config.get("rope_parameters") or {}  # transformers >= 5 nests RoPE's settings here
+    if rope.get("rope_type", "default") != "default":
+        raise ConfigError(f"{src}: RoPE type {rope['rope_type']!r} is not supported by the Llama "
+                          "student (it takes the default, unscaled RoPE); load the model for "
+                          "inference instead, e.g. as a teacher")
     from .models import llama
 
     known = set(llama.ModelArgs.__dataclass_fields__)
-    return {k: v for k, v in config.items() if k in known}
+    out = {k: v for k, v in config.items() if k in known}
+    if "rope_theta" in rope:
+        out["rope_theta"] = rope["rope_theta"]
+    out.setdefault("tie_word_embeddings", False)  # Hugging Face's LlamaConfig default
+    return out
 
 
 def convert_llama(src: str | Path, out: str | Path, force: bool = False,
@@ -84,7 +93,7 @@ def convert_llama(src: str | Path, out: str | Path, force: bool = False,
     refuse_existing(out, force, inputs=(src,))
     config = llama_config(read_json(source_dir(src) / "config.json"), src)
     weights = {k: v for k, v in load_tensors(src).items() if "rotary_emb.inv_freq" not in k}
-    if config.get("tie_word_embeddings", True):
+    if config["tie_word_embeddings"]:
         weights.pop("lm_head.weight", None)
     concept = {k[len("model."):]: weights.pop(k) for k in list(weights)
                if k.startswith("model.") and k[len("model."):].startswith(CONCEPT_KEYS)}

@@ -115,6 +115,20 @@ def test_greedy_cached_decoding_equals_recompute_for_64_tokens(positions, insert
     assert cache[-1].offset == 2 * (len(prompt) + 64)  # slots: two per token past the insertion
 
 
+@pytest.mark.parametrize("positions", ["shared", "consecutive"])
+@pytest.mark.parametrize("insert", [0, 2])
+def test_prefill_in_chunks_equals_one_pass(positions, insert):
+    """Two multi-token calls on one cache (RoPE at a nonzero offset under a shifted causal
+    mask), then single tokens: the logits of one pass over the whole sequence."""
+    model = llama("cocomix", seed=8, insert=insert, positions=positions)
+    x = mx.array(tokens(9, (2, 13)))
+    cache = model.make_cache()
+    parts = [model(x[:, :5], cache), model(x[:, 5:11], cache), model(x[:, 11:12], cache),
+             model(x[:, 12:], cache)]
+    np.testing.assert_allclose(np.array(mx.concatenate(parts, 1)), np.array(model(x)),
+                               atol=2e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_ntp_and_cocomix_of_one_seed_share_every_initial_value(family):
     kw = dict(vocab_size=V, n_positions=64, n_embd=32, n_layer=4, n_head=4)
@@ -153,6 +167,37 @@ def test_export_then_convert_is_bit_exact(mode, tmp_path):
     assert mx.array_equal(model(x), back(x))
 
 
+@pytest.mark.parametrize("mode", ["ntp", "cocomix"])
+def test_what_transformers_saves_converts_back(mode, tmp_path):
+    """An export loaded by transformers and saved again by it (transformers 5 nests rope_theta
+    under rope_parameters) converts back to the same model; a CoCoMix export's backbone loads
+    in transformers."""
+    import torch
+    import transformers
+
+    from cocomix_mlx.convert_llama import convert_llama, export_llama
+
+    model = llama(mode, seed=15, rope_theta=500.0)
+    export_llama(saved(model, tmp_path / "ckpt"), tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+    embed = hf.model.embed_tokens.weight.detach().numpy()
+    np.testing.assert_array_equal(embed, np.array(model.model.embed_tokens.weight))
+    if mode == "cocomix":
+        return
+    hf.save_pretrained(tmp_path / "resaved")
+    convert_llama(tmp_path / "resaved", tmp_path / "back")
+    back, config = load_model(tmp_path / "back")
+    assert config["rope_theta"] == 500.0
+    x = mx.array(tokens(16))
+    np.testing.assert_allclose(np.array(back(x)), np.array(model(x)), atol=1e-5, rtol=1e-5)
+    scaled = json.loads((tmp_path / "resaved" / "config.json").read_text())
+    scaled["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0}
+    (tmp_path / "resaved" / "config.json").write_text(json.dumps(scaled))
+    r = cocomix("convert", "llama", tmp_path / "resaved", tmp_path / "refused")
+    assert r.returncode == 2 and "RoPE type 'llama3' is not supported" in r.stderr
+    assert not (tmp_path / "refused").exists()
+
+
 def test_llama_teacher_labels_a_llama_student(tmp_path):
     """Attribution labels of an mlx-lm Llama teacher (an NTP checkpoint of ours, as it loads)
     train a Llama CoCoMix student: the joint loss is finite and reaches the concept head."""
@@ -175,7 +220,7 @@ def test_llama_teacher_labels_a_llama_student(tmp_path):
 
 @pytest.mark.parametrize("args,expected", [
     (["--n-kv-head", "3"], "model.n_kv_head (3) must divide model.n_head (4)"),
-    (["--head-dim", "7"], "head_dim=7 is odd"),
+    (["--head-dim", "7"], "model.head_dim (7) is odd"),
     (["--insert-layer", "8", "--mode", "cocomix"], "insert_layer=8 must be in 0..3"),
     (["--dropout", "0.1"], "model.dropout is a GPT-2 option"),
 ])

@@ -26,8 +26,10 @@ def swiglu_width(d: int) -> int:
 def family(model_type: str):
     """The family module of ``model_type`` (one line naming the supported ones otherwise)."""
     if model_type not in FAMILIES:
+        hint = " (a Qwen3-style student is llama with --model.qk_norm true)" \
+            if model_type == "qwen3" else ""
         raise ConfigError(f"unknown model.model_type {model_type!r}; supported students: "
-                          f"{', '.join(FAMILIES)}")
+                          f"{', '.join(FAMILIES)}{hint}")
     return FAMILIES[model_type]
 
 
@@ -65,6 +67,11 @@ def family_args(cfg: ModelConfig, concept: ConceptConfig | None = None, pause: b
     if not cfg.head_dim and cfg.n_embd % cfg.n_head:
         raise ConfigError(f"model.n_head ({cfg.n_head}) must divide model.n_embd ({cfg.n_embd})"
                           + ("; or set model.head_dim" if fam is llama else ""))
+    if fam is llama and (cfg.head_dim or cfg.n_embd // cfg.n_head) % 2:
+        width = (f"model.head_dim ({cfg.head_dim})" if cfg.head_dim else
+                 f"model.n_embd / model.n_head ({cfg.n_embd // cfg.n_head})")
+        raise ConfigError(f"{width} is odd; RoPE rotates pairs of dimensions: give each head an "
+                          "even width")
     if cfg.n_kv_head and cfg.n_head % cfg.n_kv_head:
         raise ConfigError(f"model.n_kv_head ({cfg.n_kv_head}) must divide model.n_head "
                           f"({cfg.n_head}): each key/value head serves a group of query heads")
@@ -116,12 +123,16 @@ def widen(cfg: Config, target: int) -> Config:
     parameter count is nearest ``target``, as the paper widens its NTP baselines to CoCoMix's
     count."""
     gaps = {}
+    m = cfg.model  # a RoPE head needs an even width: Llama widths step by two per head
+    rope_pairs = m.model_type == "llama" and not m.head_dim
+    if rope_pairs and (m.n_embd // m.n_head) % 2:
+        raise ConfigError(f"model.n_embd / model.n_head ({m.n_embd // m.n_head}) is odd")
     while True:
         count = config_parameters(cfg)
         gaps[cfg.model.n_embd] = abs(count - target)
         if count >= target:
             break
-        cfg.model.n_embd += cfg.model.n_head
+        cfg.model.n_embd += cfg.model.n_head * (2 if rope_pairs else 1)
     cfg.model.n_embd = min(gaps, key=gaps.get)
     return cfg
 

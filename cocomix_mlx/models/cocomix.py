@@ -63,16 +63,16 @@ def args_class(base: type) -> type:
         def __post_init__(self):
             super().__post_init__()
             if not 0 <= self.insert_layer < self.depth:
-                raise ValueError(f"insert_layer={self.insert_layer} must be in "
+                raise ValueError(f"concept.insert_layer={self.insert_layer} must be in "
                                  f"0..{self.depth - 1}")
             if self.mixing not in MIXINGS:
-                raise ValueError(f"mixing must be one of {', '.join(MIXINGS)}, not "
+                raise ValueError(f"concept.mixing must be one of {', '.join(MIXINGS)}, not "
                                  f"{self.mixing!r}")
             if self.positions not in SLOT_POSITIONS:
-                raise ValueError(f"positions must be one of {', '.join(SLOT_POSITIONS)}, not "
+                raise ValueError(f"concept.positions must be one of {', '.join(SLOT_POSITIONS)}, not "
                                  f"{self.positions!r}")
             if not self.pause and not 0 < self.concept_num <= self.concept_dim:
-                raise ValueError(f"concept_num={self.concept_num} must be in "
+                raise ValueError(f"concept.concept_num={self.concept_num} must be in "
                                  f"1..{self.concept_dim}")
 
         @classmethod
