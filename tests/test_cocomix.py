@@ -350,11 +350,12 @@ def test_cli_modes_and_one_line_errors(mobydick_data, teacher_and_sae_dirs, tmp_
                    tmp_path / "other_data").returncode == 0
     cases = [
         ([*base, "--mode", "cocomix", "--sae", sae, "--insert-layer", "7"], "insert_layer"),
-        ([*base, "--mode", "cocomix", "--sae", narrow], "width"),
-        ([*base, "--mode", "cocomix", "--sae", sae, "--sae-layer", "5"], "out of range"),
+        ([*base, "--mode", "cocomix", "--sae", narrow, "--insert-layer", "1"], "width"),
+        ([*base, "--mode", "cocomix", "--sae", sae, "--sae-layer", "5", "--insert-layer", "1"],
+         "out of range"),
         (["pretrain", "--data", tmp_path / "other_data", "--teacher", teacher, "--mode", "kd"],
          "tokenizer"),
-        ([*base, "--mode", "cocomix"], "--sae"),
+        ([*base, "--mode", "cocomix", "--insert-layer", "1"], "--sae"),
     ]
     for i, (args, needle) in enumerate(cases):
         r = cocomix(*args, "--out", tmp_path / f"bad{i}", *small)

@@ -192,13 +192,17 @@ def test_quantized_cocomix_checkpoint_loads_and_stays_close(tok_dir, tmp_path):
     model = build_model(cfg, mode="cocomix", concept=concept, seed=3)
     model, tok = saved(model, tok_dir, tmp_path / "m")
     tokens = mx.array([tok.encode("the whale and the sea")])
-    ref = model(tokens)
-    for bits, tol in ((8, 0.02), (4, 0.35)):
+    ref, ref_z = model(tokens, return_concepts=True)
+    # The concept logits move continuously with the weights; the next-token logits also through
+    # the TopK, where a near tie can swap one kept concept for another (a jump, not drift).
+    for bits, z_tol, tol in ((8, 0.02, 0.1), (4, 0.35, 0.35)):
         info = quantize_checkpoint(tmp_path / "m", tmp_path / f"q{bits}", bits=bits)
         assert info["bytes_after"] < info["bytes_before"] / (2.5 if bits == 8 else 4)
         q, _ = cm.load(tmp_path / f"q{bits}")
         assert isinstance(q.concept_predictor, nn.QuantizedLinear)
-        assert mx.abs(q(tokens) - ref).max().item() < tol * mx.abs(ref).max().item()
+        logits, z = q(tokens, return_concepts=True)
+        assert mx.abs(z - ref_z).max().item() < z_tol * mx.abs(ref_z).max().item()
+        assert mx.abs(logits - ref).max().item() < tol * mx.abs(ref).max().item()
     with pytest.raises(ConfigError):
         quantize_checkpoint(tmp_path / "m", tmp_path / "q8", bits=8)
     with pytest.raises(ConfigError):
