@@ -281,3 +281,32 @@ def test_strong_teacher_refuses_to_mix_runs_from_rebuilt_inputs(tmp_path, monkey
         run.build_store(teacher, sae, work / "data", store, {}, old)
     assert not store.exists() and not store.with_name(".labels-smol.partial").exists()
     assert data_identity(work / "data", {"tokenizer_id": "t"}) == first["identity"]
+
+
+def test_position_study_interval_and_rule_follow_the_t_distribution(tmp_path, monkeypatch):
+    """The paired gap's 95% interval is scipy's t-interval of the mean; the default becomes
+    "consecutive" only when that interval lies below zero; the table reads the run files."""
+    import numpy as np
+    import pytest
+    from scipy import stats
+
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    spec = importlib.util.spec_from_file_location(
+        "positions_report", ROOT / "experiments" / "positions" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    for gaps in ([0.0057, -0.0117], [0.01, -0.02, 0.004, 0.0], [-0.03, -0.02, -0.025]):
+        mean, low, high = report.interval(gaps)
+        ref = stats.t.interval(0.95, len(gaps) - 1, loc=np.mean(gaps), scale=stats.sem(gaps))
+        assert (low, high) == pytest.approx(ref, abs=2e-4 * max(1.0, abs(mean)))
+    assert report.decide([0.01, -0.02, 0.004, 0.0]) == "shared"
+    assert report.decide([-0.03, -0.02, -0.025]) == "consecutive"
+    assert report.decide([-0.03]).startswith("undecided")
+    for variant, seed, loss in (("shared", 0, 5.0), ("consecutive", 0, 4.9), ("shared", 1, 5.1),
+                                ("consecutive", 1, 5.05)):
+        (tmp_path / f"{variant}-s{seed}.json").write_text(json.dumps({
+            "variant": variant, "seed": seed, "val": {"loss": loss, "ppl": 2.718 ** loss},
+            "tokens": 100, "params": 10, "machine": "test"}))
+    text = report.table(tmp_path)
+    assert "| 0 |" in text and "-0.1000" in text and "-0.0500" in text
+    assert "**shared**" in text  # two seeds: [-0.1, -0.05] has a wide interval
