@@ -45,8 +45,10 @@ def test_cached_greedy_equals_recompute_for_128_tokens(mode, tok_dir, tmp_path):
     assert mx.abs(mx.concatenate(step) - full).max().item() <= 1e-4
 
 
-def test_steering_changes_output_and_validates(tok_dir, tmp_path):
-    cfg = ModelConfig(vocab_size=320, n_positions=64, n_embd=32, n_layer=3, n_head=4)
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_steering_changes_output_and_validates(tok_dir, tmp_path, family):
+    cfg = ModelConfig(vocab_size=320, n_positions=64, n_embd=32, n_layer=3, n_head=4,
+                      model_type=family, n_kv_head=2 if family == "llama" else 0)
     concept = ConceptConfig(concept_dim=64, concept_num=4, insert_layer=1)
     model, tok = saved(randomize(build_model(cfg, mode="cocomix", concept=concept), 1), tok_dir, tmp_path / "m")
     prompt = tok.encode("the ship")
