@@ -103,14 +103,13 @@ def test_generation_steering_and_concepts(runs):
     text = lambda r: r.stdout.rsplit("\n", 2)[0]  # noqa: E731  (the timing line left out)
     plain = text(ok("generate", "--model", runs / "cocomix", "--prompt", PROMPT, "--max-tokens",
                     12))
-    r = ok("concepts", PROMPT, "--model", runs / "cocomix", "--top", 3, "--json")
-    top = [c["index"] for c in json.loads(r.stdout)[-1]["concepts"]]  # predicted at the end
+    rows = json.loads(ok("concepts", PROMPT, "--model", runs / "cocomix", "--top", 3,
+                         "--json").stdout)
+    assert len(rows) > 2 and all(len(row["concepts"]) == 3 for row in rows)
+    top = [c["index"] for c in rows[-1]["concepts"]]  # predicted at the end
     ok("generate", "--model", runs / "cocomix", "--prompt", PROMPT, "--max-tokens", 12,
        *sum([["--steer", f"{i}=-10"] for i in top], []))  # what it changes: test_generate.py
     assert plain.strip()
-    r = ok("concepts", PROMPT, "--model", runs / "cocomix", "--top", 3, "--json")
-    rows = json.loads(r.stdout)
-    assert len(rows) > 2 and all(len(row["concepts"]) == 3 for row in rows)
     r = ok("concepts", PROMPT, "--model", runs / "ntp", "--sae", runs / "sae", "--top", 1,
            "--json")
     active = json.loads(r.stdout)[-1]["concepts"][0]["index"]  # fires at the last position

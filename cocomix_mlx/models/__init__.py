@@ -80,9 +80,6 @@ def family_args(cfg: ModelConfig, concept: ConceptConfig | None = None, pause: b
         if concept is None:
             return fam.ModelArgs(**fields)
         block = {name: getattr(concept, name) for name in cocomix.CONCEPT_FIELDS if name != "pause"}
-        if fam is gpt2 and concept.positions != "shared":
-            raise ConfigError("concept.positions is for RoPE students; a GPT-2 concept slot has "
-                              "no position of its own (keep the default)")
         return cocomix.args_class(fam.ModelArgs)(**fields, **block, pause=pause)
     except ValueError as e:
         raise ConfigError(str(e)) from None

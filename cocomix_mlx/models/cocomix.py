@@ -71,6 +71,10 @@ def args_class(base: type) -> type:
             if self.positions not in SLOT_POSITIONS:
                 raise ValueError(f"concept.positions must be one of {', '.join(SLOT_POSITIONS)}, not "
                                  f"{self.positions!r}")
+            if not self.rotary and self.positions != "shared":
+                raise ValueError("concept.positions is for RoPE students; a concept slot of "
+                                 "learned positions (GPT-2) has no position of its own (keep "
+                                 "the default)")
             if not self.pause and not 0 < self.concept_num <= self.concept_dim:
                 raise ValueError(f"concept.concept_num={self.concept_num} must be in "
                                  f"1..{self.concept_dim}")

@@ -41,6 +41,8 @@ class ModelArgs(BaseModelArgs):
     def depth(self) -> int:
         return self.n_layer
 
+    rotary = False  # learned positions, added once at the embedding
+
 
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):

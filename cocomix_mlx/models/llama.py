@@ -58,6 +58,8 @@ class ModelArgs(BaseModelArgs):
     def depth(self) -> int:
         return self.num_hidden_layers
 
+    rotary = True  # positions enter every block (RoPE), not once at the embedding
+
 
 def rope_slots(rope: nn.Module, x: mx.array, offset: int, slots: Optional[str]) -> mx.array:
     """Rotary positions for ``x`` (B, H, L, D) whose first slot is slot ``offset`` of the layer.
